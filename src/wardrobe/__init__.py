@@ -1,0 +1,1 @@
+"""Wardrobe: backend of the Telegram Mini App that keeps a wardrobe of clothes."""

@@ -1,0 +1,1 @@
+"""Huey queues, tasks and consumers for Wardrobe's background work."""
