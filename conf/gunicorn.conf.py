@@ -1,0 +1,63 @@
+"""Gunicorn settings for the Wardrobe API: gevent workers, no preload, everything opened after the patch.
+
+Settings come from wardrobe.config (the only reader of the environment); see PITFALLS.md for the why of each hook.
+"""
+
+from wardrobe.config import Config, ConfigError
+
+try:
+    _config = Config.from_env()
+except ConfigError as exc:  # one clear line, not a traceback
+    raise SystemExit(f"wardrobe: {exc}") from None
+
+wsgi_app = "wardrobe.wsgi:app"
+bind = [_config.bind]
+workers = _config.gunicorn_workers
+worker_class = "gevent"
+worker_connections = _config.gunicorn_worker_connections
+preload_app = False  # gevent must patch before the app is imported (gunicorn#2177)
+backlog = 4096
+# Longer than nginx's upstream keepalive_timeout (60 s), so nginx never reuses a socket we are closing.
+keepalive = 75
+timeout = 30  # only a heartbeat for gevent workers; request deadlines are enforced in the app
+graceful_timeout = 30
+max_requests = 20000  # recycle slowly to bound any leak; jitter avoids recycling all at once
+max_requests_jitter = 2000
+limit_request_line = 8190
+limit_request_field_size = 16384  # Telegram init data can be a few KB
+accesslog = None  # the app writes one JSON line per request itself
+errorlog = "-"
+loglevel = _config.log_level.lower()
+proc_name = "wardrobe-api"
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(message)s"},
+        "app": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "access": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stdout"},
+        "app": {"class": "logging.StreamHandler", "formatter": "app", "stream": "ext://sys.stderr"},
+    },
+    "root": {"handlers": ["app"], "level": "WARNING"},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["app"], "level": _config.log_level, "propagate": False},
+        "wardrobe.access": {"handlers": ["access"], "level": _config.log_level, "propagate": False},
+        "wardrobe": {"handlers": ["app"], "level": _config.log_level, "propagate": False},
+    },
+}
+
+
+def post_worker_init(worker):
+    # gevent has patched the process by now: make psycopg2 cooperative before the first connection.
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()
+    worker.wsgi.services.start()
+
+
+def worker_exit(server, worker):
+    services = getattr(getattr(worker, "wsgi", None), "services", None)
+    if services is not None:
+        services.close()

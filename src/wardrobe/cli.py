@@ -1,0 +1,34 @@
+"""Console commands: `wardrobe-migrate` and `wardrobe-token`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .auth import sign_init_data
+from .config import Config, ConfigError
+
+
+def _config() -> Config:
+    try:
+        return Config.from_env()
+    except ConfigError as exc:
+        sys.exit(f"wardrobe: {exc}")
+
+
+def migrate(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description="Apply pending database migrations.").parse_args(argv)
+    from .migrate import apply
+
+    applied = apply(_config().database_url)
+    print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+
+
+def token(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Print an Authorization header value for a local user.")
+    parser.add_argument("--user-id", type=int, default=123)
+    parser.add_argument("--first-name", default="Dev")
+    args = parser.parse_args(argv)
+    config = _config()
+    init_data = sign_init_data(config.telegram_bot_token, {"id": args.user_id, "first_name": args.first_name})
+    print(f"tma {init_data}")

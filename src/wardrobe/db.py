@@ -1,0 +1,209 @@
+"""A bounded, greenlet-safe Postgres connection pool that waits instead of failing (psycopg2#1220).
+
+Size + overflow connections at most; an acquire that waits longer than `acquire_timeout` raises `PoolTimeout`,
+which the API turns into 503 + Retry-After. A connection that broke (Postgres restarted) is dropped together
+with its idle siblings and the unit of work is retried once on a fresh one, so the service recovers by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors that mean the connection (or the server) is gone, not that the SQL is wrong.
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+class PoolTimeout(Exception):
+    """No connection became free within the acquire timeout."""
+
+
+class DatabaseUnavailable(Exception):
+    """Postgres cannot be reached right now."""
+
+
+def _gevent_active() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return monkey.is_module_patched("socket")
+
+
+class Pool:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        size: int = 20,
+        overflow: int = 10,
+        acquire_timeout: float = 2.0,
+        connect_timeout: float = 3.0,
+        statement_timeout_ms: int = 5000,
+        idle_tx_timeout_ms: int = 10000,
+        application_name: str = "wardrobe",
+        connect: Callable[..., Any] = psycopg2.connect,
+        observer: Any = None,
+    ) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._max = size + overflow
+        self._acquire_timeout = acquire_timeout
+        self._connect_timeout = connect_timeout
+        self._options = (
+            f"-c statement_timeout={statement_timeout_ms} "
+            f"-c idle_in_transaction_session_timeout={idle_tx_timeout_ms}"
+        )
+        self._application_name = application_name
+        self._connect = connect
+        self._observer = observer
+        self._idle: deque[Any] = deque()
+        # Looked up at construction, after gevent has patched threading in the API workers.
+        self._slots = threading.BoundedSemaphore(self._max)
+        self._lock = threading.Lock()
+        self.in_use = 0
+        self.waiting = 0
+
+    @property
+    def max_connections(self) -> int:
+        return self._max
+
+    def _open(self) -> Any:
+        kwargs = {
+            "connect_timeout": max(1, int(self._connect_timeout)),
+            "options": self._options,
+            "application_name": self._application_name,
+        }
+        try:
+            if _gevent_active():
+                # libpq's connect_timeout is ignored in green mode (psycogreen#2): bound it ourselves.
+                import gevent
+
+                with gevent.Timeout(self._connect_timeout, DatabaseUnavailable("connect timed out")):
+                    conn = self._connect(self._dsn, **kwargs)
+            else:
+                conn = self._connect(self._dsn, **kwargs)
+        except psycopg2.Error as exc:
+            raise DatabaseUnavailable(
+                str(exc).strip().splitlines()[0] if str(exc) else "connect failed"
+            ) from exc
+        conn.autocommit = True
+        return conn
+
+    def _acquire(self) -> Any:
+        started = time.monotonic()
+        with self._lock:
+            self.waiting += 1
+        try:
+            got = self._slots.acquire(timeout=self._acquire_timeout)
+        finally:
+            with self._lock:
+                self.waiting -= 1
+        if self._observer is not None:
+            self._observer.acquired(time.monotonic() - started)
+        if not got:
+            raise PoolTimeout(f"no database connection free within {self._acquire_timeout:g}s")
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.closed:
+                conn = self._open()
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self.in_use += 1
+        return conn
+
+    def _release(self, conn: Any, *, broken: bool = False) -> None:
+        with self._lock:
+            self.in_use -= 1
+        try:
+            healthy = not broken and not conn.closed
+            if healthy and conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                conn.rollback()
+            with self._lock:
+                keep = healthy and len(self._idle) < self._size
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
+        except psycopg2.Error:
+            conn.close()
+        finally:
+            self._slots.release()
+
+    def discard_idle(self) -> None:
+        """Close every idle connection: after one broke, its siblings are suspect too."""
+        with self._lock:
+            idle, self._idle = list(self._idle), deque()
+        for conn in idle:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        conn = self._acquire()
+        broken = False
+        try:
+            yield conn
+        except CONNECTION_ERRORS:
+            broken = True
+            raise
+        finally:
+            self._release(conn, broken=broken or bool(conn.closed))
+
+    def run(self, work: Callable[[Any], T], *, transaction: bool = True) -> T:
+        """Run `work(cursor)` in one transaction (or autocommit), retrying once on a dead connection.
+
+        Retrying is safe because a connection that died before COMMIT committed nothing.
+        """
+        for attempt in (1, 2):
+            conn = self._acquire()
+            broken = False
+            committing = False
+            try:
+                if transaction:
+                    conn.autocommit = False
+                with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                    result = work(cur)
+                if transaction:
+                    committing = True
+                    conn.commit()
+                return result
+            except CONNECTION_ERRORS as exc:
+                if not conn.closed:
+                    raise  # the server answered (timeout, cancel): the connection is fine, the query is not
+                broken = True
+                self.discard_idle()
+                if attempt == 2 or committing:
+                    raise DatabaseUnavailable(
+                        str(exc).strip().splitlines()[0] if str(exc) else "lost"
+                    ) from exc
+                log.warning("database connection lost, retrying on a fresh one: %s", exc)
+            finally:
+                if not conn.closed and transaction:
+                    with contextlib.suppress(psycopg2.Error):
+                        if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                            conn.rollback()
+                        conn.autocommit = True
+                self._release(conn, broken=broken or bool(conn.closed))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def ping(self) -> None:
+        self.run(lambda cur: cur.execute("SELECT 1"), transaction=False)
+
+    def close(self) -> None:
+        self.discard_idle()

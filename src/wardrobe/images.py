@@ -1,0 +1,154 @@
+"""Uploaded photos: recognise the format from the bytes, refuse bombs before decoding, strip metadata, and keep
+them under content-addressed names (`<sha256>.<ext>`) so their URLs can be cached forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+FORMATS = {"JPEG": ("jpg", "image/jpeg"), "PNG": ("png", "image/png"), "WEBP": ("webp", "image/webp")}
+CONTENT_TYPES = {ext: ctype for ext, ctype in FORMATS.values()}
+KEY_RE = re.compile(r"^[0-9a-f]{64}\.(jpg|png|webp)$")
+
+
+class ImageError(Exception):
+    status = 400
+
+
+class UnsupportedImage(ImageError):
+    status = 415
+
+
+class ImageTooLarge(ImageError):
+    status = 413
+
+
+class CorruptImage(ImageError):
+    status = 400
+
+
+def sniff(data: bytes) -> str | None:
+    """The format by magic bytes, never by filename or declared type."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    fmt = sniff(data)
+    if fmt is None:
+        raise UnsupportedImage("Upload a JPEG, PNG or WebP image.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # open() reads only the header: the size is known before any pixel is decoded.
+            img = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"The image has more than {max_pixels} pixels.") from None
+    except (OSError, SyntaxError, ValueError):
+        raise CorruptImage("The image could not be read.") from None
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise CorruptImage("The image has no pixels.")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"The image is {width}x{height}; at most {max_pixels} pixels are accepted.")
+    return img
+
+
+def normalize(data: bytes, max_pixels: int) -> tuple[bytes, str]:
+    """Decode, apply EXIF orientation, drop all metadata (GPS included) and re-encode.
+
+    Returns (bytes, extension). CPU-bound: the API runs it on a native thread (Pillow releases the GIL).
+    """
+    img = _open_checked(data, max_pixels)
+    fmt = img.format or "JPEG"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"The image has more than {max_pixels} pixels.") from None
+    except (OSError, SyntaxError, ValueError, EOFError):
+        raise CorruptImage("The image is corrupt or truncated.") from None
+    # A fresh image carries no info dict: EXIF, XMP, ICC and comments stay behind.
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    out = io.BytesIO()
+    if fmt == "JPEG":
+        clean = img.convert("RGB") if img.mode != "RGB" else img.copy()
+        clean.info = {}
+        clean.save(out, "JPEG", quality=90, optimize=True)
+    elif fmt == "PNG":
+        clean = img.convert("RGBA" if has_alpha else "RGB")
+        clean.info = {}
+        clean.save(out, "PNG", optimize=False, compress_level=6)
+    else:
+        clean = img.convert("RGBA" if has_alpha else "RGB")
+        clean.info = {}
+        clean.save(out, "WEBP", quality=90, method=4)
+    return out.getvalue(), FORMATS[fmt][0]
+
+
+def downscale(img: Image.Image, max_side: int) -> Image.Image:
+    if max(img.size) <= max_side:
+        return img
+    img = img.copy()
+    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return img
+
+
+class ImageStore:
+    """Content-addressed files on local disk (a shared volume or object store in the fleet)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        if not KEY_RE.match(key):
+            raise KeyError(key)
+        return self.root / key[:2] / key[2:4] / key
+
+    def put(self, data: bytes, ext: str) -> str:
+        key = f"{hashlib.sha256(data).hexdigest()}.{ext}"
+        path = self.path(key)
+        if path.exists():
+            return key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a reader never sees half a file, and a duplicate upload is a no-op.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return key
+
+    def read(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        try:
+            return self.path(key).exists()
+        except KeyError:
+            return False
+
+    @staticmethod
+    def url(key: str | None) -> str | None:
+        return f"/images/{key}" if key else None

@@ -1,0 +1,174 @@
+"""Items of clothing: every SQL statement about the items table lives here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg2.extras import Json
+
+from . import jobs, pagination
+from .db import Pool
+from .images import ImageStore
+from .users import bump_version
+
+ITEM_COLUMNS = (
+    "id, user_id, status, category, colors, season, style, pattern, material, formality, brand, notes, "
+    "image_key, cutout_key, user_fields, analysis, created_at, updated_at"
+)
+EDITABLE = ("category", "colors", "season", "style", "pattern", "material", "formality", "brand", "notes")
+
+
+def serialize(row: dict[str, Any]) -> dict[str, Any]:
+    analysis = row.get("analysis") or {}
+    return {
+        "id": str(row["id"]),
+        "status": row["status"],
+        "category": row["category"],
+        "colors": row["colors"],
+        "season": row["season"],
+        "style": row["style"],
+        "pattern": row["pattern"],
+        "material": row["material"],
+        "formality": row["formality"],
+        "brand": row["brand"],
+        "notes": row["notes"],
+        "source": analysis.get("source"),
+        "image_url": ImageStore.url(row["image_key"]),
+        "cutout_url": ImageStore.url(row["cutout_key"]),
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+class Items:
+    def __init__(self, pool: Pool, max_attempts: int = 5) -> None:
+        self._pool = pool
+        self._max_attempts = max_attempts
+
+    def create(
+        self, user_id: int, image_key: str, fields: dict[str, Any], request_id: str | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The item and the job that processes it, in one transaction."""
+        user_fields = [k for k, v in fields.items() if v is not None]
+
+        def insert(cur: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+            cur.execute(
+                f"""
+                INSERT INTO items (user_id, image_key, category, brand, notes, user_fields)
+                VALUES (%s, %s, %s, %s, %s, %s)
+                RETURNING {ITEM_COLUMNS}
+                """,
+                (
+                    user_id,
+                    image_key,
+                    fields.get("category"),
+                    fields.get("brand"),
+                    fields.get("notes"),
+                    user_fields,
+                ),
+            )
+            item = cur.fetchone()
+            job = jobs.insert(
+                cur,
+                user_id=user_id,
+                kind="process_item",
+                stage="cutout",
+                max_attempts=self._max_attempts,
+                item_id=item["id"],
+                request_id=request_id,
+            )
+            bump_version(cur, user_id)
+            return item, job
+
+        return self._pool.run(insert)
+
+    def list(
+        self,
+        user_id: int,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        category: str | None = None,
+        season: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        where = ["user_id = %s"]
+        params: list[Any] = [user_id]
+        if category:
+            where.append("category = %s")
+            params.append(category)
+        if season:
+            where.append("season = %s")
+            params.append(season)
+        if cursor:
+            created_at, row_id = pagination.decode(cursor)
+            where.append("(created_at, id) < (%s, %s::uuid)")
+            params += [created_at, row_id]
+        params.append(limit + 1)
+
+        def select(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(
+                f"SELECT {ITEM_COLUMNS} FROM items WHERE {' AND '.join(where)} "
+                "ORDER BY created_at DESC, id DESC LIMIT %s",
+                params,
+            )
+            return cur.fetchall()
+
+        rows = self._pool.run(select, transaction=False)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = pagination.encode(rows[-1]["created_at"], rows[-1]["id"])
+        return rows, next_cursor
+
+    def get(self, user_id: int, item_id: str) -> dict[str, Any] | None:
+        item_id = jobs.parse_id(item_id)
+        if item_id is None:
+            return None
+
+        def select(cur: Any) -> Any:
+            cur.execute(
+                f"SELECT {ITEM_COLUMNS} FROM items WHERE id = %s AND user_id = %s", (item_id, user_id)
+            )
+            return cur.fetchone()
+
+        return self._pool.run(select, transaction=False)
+
+    def update(self, user_id: int, item_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+        item_id = jobs.parse_id(item_id)
+        if item_id is None:
+            return None
+        fields = [k for k in EDITABLE if k in changes]
+        sets = ", ".join(f"{k} = %s" for k in fields)
+        values = [Json(changes[k]) if k == "colors" else changes[k] for k in fields]
+
+        def update(cur: Any) -> Any:
+            cur.execute(
+                f"""
+                UPDATE items
+                   SET {sets},
+                       user_fields = ARRAY(SELECT DISTINCT unnest(user_fields || %s::text[])),
+                       updated_at = clock_timestamp()
+                 WHERE id = %s AND user_id = %s
+             RETURNING {ITEM_COLUMNS}
+                """,
+                [*values, fields, item_id, user_id],
+            )
+            row = cur.fetchone()
+            if row:
+                bump_version(cur, user_id)
+            return row
+
+        return self._pool.run(update)
+
+    def delete(self, user_id: int, item_id: str) -> bool:
+        item_id = jobs.parse_id(item_id)
+        if item_id is None:
+            return False
+
+        def delete(cur: Any) -> bool:
+            cur.execute("DELETE FROM items WHERE id = %s AND user_id = %s", (item_id, user_id))
+            if cur.rowcount:
+                bump_version(cur, user_id)
+            return bool(cur.rowcount)
+
+        return self._pool.run(delete)

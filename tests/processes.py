@@ -1,0 +1,75 @@
+"""Start real processes for integration tests (gunicorn, consumers) and wait until they answer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+class Process:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._handle = log.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._handle.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> tuple[Process, str]:
+    port = free_port()
+    env = {**env, "WARDROBE_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": str(workers)}
+    proc = Process([str(BIN / "gunicorn"), "-c", str(ROOT / "conf/gunicorn.conf.py")], env, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/healthz", proc=proc.proc)
+    except Exception:
+        proc.stop()
+        raise RuntimeError(proc.output()[-4000:]) from None
+    return proc, base
