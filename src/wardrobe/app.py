@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import falcon
+import falcon.inspect
 from PIL import Image
 
 from . import errors, middleware
@@ -21,6 +22,7 @@ from .images import ImageStore
 from .items import Items
 from .jobs import Jobs
 from .offload import ThreadOffload
+from .openapi import OpenAPI
 from .resources.health import Health, Ready
 from .resources.images import ImageFiles
 from .resources.items import Item, ItemCollection
@@ -120,5 +122,7 @@ def create_app(config: Config, services: Services | None = None) -> WardrobeApp:
     app.add_route("/api/v1/items/{item_id}", Item(services.items))
     app.add_route("/api/v1/jobs/{job_id}", Job(services.jobs))
     app.add_route("/images/{name}", ImageFiles(services.store))
+    served = {route.path for route in falcon.inspect.inspect_routes(app)} | {"/openapi.json"}
+    app.add_route("/openapi.json", OpenAPI(served))
     app.services = services  # reachable from gunicorn hooks via worker.wsgi
     return app

@@ -32,6 +32,12 @@ def _query_canceled(req, resp, exc, params):
     raise ServiceUnavailable("The database is overloaded; retry shortly.", retry_after=2)
 
 
+def _bad_value(req, resp, exc, params):
+    # A safety net: validation should have caught it, but a value Postgres rejects is the client's, not ours.
+    log.warning("value rejected by the database on %s: %s", req.path, exc)
+    raise falcon.HTTPBadRequest(title="Invalid value", description="A value in the request cannot be stored.")
+
+
 def _image_error(req, resp, exc, params):
     raise falcon.HTTPError(
         falcon.code_to_http_status(exc.status), title="Invalid image", description=str(exc)
@@ -51,4 +57,5 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(PoolTimeout, _pool_timeout)
     app.add_error_handler(DatabaseUnavailable, _database_down)
     app.add_error_handler(psycopg2.OperationalError, _query_canceled)
+    app.add_error_handler(psycopg2.DataError, _bad_value)
     app.add_error_handler(ImageError, _image_error)

@@ -19,6 +19,8 @@ def json_body(req: falcon.Request, schema: dict[str, Any], *, optional: bool = F
         body = req.get_media()
     if not isinstance(body, dict):
         raise falcon.HTTPBadRequest(title="Invalid body", description="The body must be a JSON object.")
+    if _has_nul(body):
+        raise falcon.HTTPBadRequest(title="Invalid body", description="Text must not contain NUL characters.")
     errors = validation_errors(schema, body)
     if errors:
         raise falcon.HTTPBadRequest(title="Invalid body", description="; ".join(errors[:5]))
@@ -43,3 +45,14 @@ def choice_param(req: falcon.Request, name: str, allowed: list[str]) -> str | No
             title=f"Invalid {name}", description=f"{name} must be one of: {', '.join(allowed)}."
         )
     return value
+
+
+def _has_nul(value: Any) -> bool:
+    # Postgres text cannot hold U+0000; refuse it up front rather than fail at the database.
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False

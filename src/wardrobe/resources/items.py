@@ -76,10 +76,10 @@ class ItemCollection:
                 data = _read_bounded(part.stream, self._max_bytes)
             elif part.name in FORM_FIELD_LIMITS:
                 value = part.get_text()
-                if value is None or len(value) > FORM_FIELD_LIMITS[part.name]:
+                if value is None or len(value) > FORM_FIELD_LIMITS[part.name] or "\x00" in value:
                     raise falcon.HTTPBadRequest(
                         title="Invalid form",
-                        description=f"{part.name} must be text of at most {FORM_FIELD_LIMITS[part.name]} chars.",
+                        description=f"{part.name} must be text (no NUL) of at most {FORM_FIELD_LIMITS[part.name]} chars.",
                     )
                 fields[part.name] = value.strip() or None
             else:
