@@ -29,6 +29,7 @@ accesslog = None  # the app writes one JSON line per request itself
 errorlog = "-"
 loglevel = _config.log_level.lower()
 proc_name = "wardrobe-api"
+control_socket_disable = True  # no gunicornc here; avoids clashes between several local servers
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,

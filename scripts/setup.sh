@@ -44,8 +44,13 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$VENV/.wardrobe-installed" 2>/dev/null)" != "$stamp" ]; then
     say "installing Python packages into $VENV"
-    "$VENV/bin/pip" install -q --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
-    "$VENV/bin/pip" install -q -e ".[dev,worker,bench]" 2>&1 | grep -v '^WARNING: Location' || true
+    log=$(mktemp)
+    if ! { "$VENV/bin/pip" install -q --upgrade pip setuptools wheel &&
+           "$VENV/bin/pip" install -q -e ".[dev,worker,bench]"; } >"$log" 2>&1; then
+        grep -v '^WARNING: Location' "$log" | tail -n 40 >&2
+        exit 1
+    fi
+    rm -f "$log"
     "$VENV/bin/python" -c 'import wardrobe, tasks, falcon, gevent, huey, rembg' >/dev/null
     echo "$stamp" > "$VENV/.wardrobe-installed"
 fi

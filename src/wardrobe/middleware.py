@@ -33,8 +33,9 @@ class RequestId:
         user = getattr(req.context, "user", None)
         started = getattr(req.context, "started", None)
         length = resp.content_length
-        if length is None and isinstance(resp.data, bytes | bytearray):
-            length = len(resp.data)
+        if length is None and resp.stream is None:
+            body = resp.render_body()  # rendered once and kept by falcon, so this costs nothing extra
+            length = len(body) if body else 0
         access_log.info(
             json.dumps(
                 {
