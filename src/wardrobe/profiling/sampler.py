@@ -1,0 +1,211 @@
+"""The greenlet-aware sampling profiler: a real OS thread recording cpu and wall stacks `hz` times a second.
+
+cpu: the frame each OS thread is executing, counted only for CPU time that thread actually used (so an idle
+gevent hub costs nothing). wall: the stack of every tagged request greenlet or task, running or parked.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import CodeType, FrameType
+
+from wardrobe.profiling import os_threads
+from wardrobe.profiling.activity import ACTIVITIES, ActivityRegistry, Tags
+from wardrobe.profiling.aggregation import Frame, Profile, Stack, Window, WindowStore, merge
+
+log = logging.getLogger(__name__)
+
+MAX_DEPTH = 128
+TRUNCATED = Frame("[truncated]", "", 0, 0)
+# A thread that hogged the GIL delays the sampler; credit for at most this many periods is paid at once.
+MAX_CATCH_UP = 10
+
+
+class Profiler:
+    def __init__(
+        self,
+        hz: int = 100,
+        window_seconds: float = 10,
+        keep_minutes: float = 15,
+        clock: Callable[[], float] = time.time,
+        tags: Mapping[str, str] | None = None,
+        registry: ActivityRegistry = ACTIVITIES,
+        on_window: Iterable[Callable[[Window], None]] = (),
+        max_stacks_per_window: int = 5000,
+        monotonic: Callable[[], float] = time.monotonic,
+        thread_cpu_ns: Callable[[int], int | None] | None = None,
+    ) -> None:
+        if not 1 <= hz <= 1000:
+            raise ValueError("hz must be between 1 and 1000")
+        self.hz = hz
+        self.period = 1.0 / hz
+        self.tags: Tags = tuple(sorted((tags or {}).items()))
+        self._clock = clock
+        self._monotonic = monotonic
+        self._registry = registry
+        self._on_window = list(on_window)
+        self._thread_cpu_ns = thread_cpu_ns or _thread_cpu_ns
+        keep = max(int(keep_minutes * 60 // window_seconds), 1)
+        self.store = WindowStore(window_seconds, keep, hz, max_stacks_per_window)
+        self._names: dict[CodeType, tuple[str, str, int]] = {}
+        self._cpu_seen: dict[int, int] = {}
+        self._cpu_credit: dict[int, int] = {}
+        self._wall_credit = 0.0
+        self._last_tick: float | None = None
+        self._stop: os_threads.RealEvent | None = None
+        self._finished: os_threads.RealEvent | None = None
+        self.ticks = 0
+        self.sampler_cpu_seconds = 0.0
+
+    # lifecycle -------------------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._stop is not None and not self._stop.is_set()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stop = os_threads.RealEvent()
+        self._last_tick = None
+        self._finished = os_threads.spawn(self._run)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self._stop is None:
+            return
+        self._stop.set()
+        if self._finished is not None:
+            self._finished.wait(timeout)
+        finished = self.store.finish(self._clock())
+        if finished is not None:
+            self._publish(finished)
+
+    def _run(self) -> None:
+        stop = self._stop
+        assert stop is not None
+        next_tick = self._monotonic()
+        while not stop.is_set():
+            began = time.thread_time()
+            try:
+                self.sample()
+            except Exception:
+                # A profiler must never take the process down; one bad tick is only lost data.
+                log.exception("profiler tick failed")
+            self.sampler_cpu_seconds += time.thread_time() - began
+            next_tick += self.period
+            now = self._monotonic()
+            if next_tick < now:
+                next_tick = now
+            if next_tick > now:
+                os_threads.sleep(next_tick - now)
+
+    # sampling --------------------------------------------------------------------------------------------
+
+    def sample(self) -> None:
+        """Take one tick: called by the sampler thread, and directly by tests."""
+        frames = sys._current_frames()
+        activities = self._registry.snapshot()
+        now = self._clock()
+        window, finished = self.store.window_for(now)
+        if finished is not None:
+            self._publish(finished)
+        self.ticks += 1
+
+        own = os_threads.OWN_THREADS
+        running_tags: dict[int, Tags] = {}
+        wall_stacks: list[tuple[Tags, Stack]] = []
+        for glet, activity in activities:
+            frame = glet.gr_frame
+            if frame is None:
+                # A started greenlet without a saved frame is the one executing on its thread right now.
+                frame = frames.get(activity.thread_ident)
+                running_tags[activity.thread_ident] = activity.tags
+            if frame is not None:
+                wall_stacks.append((activity.tags, self._stack(frame)))
+
+        wall_count = self._due_wall_samples()
+        if wall_count:
+            for tags, stack in wall_stacks:
+                window.add("wall", tags, stack, wall_count)
+
+        for ident, frame in frames.items():
+            if ident in own:
+                continue
+            cpu_count = self._due_cpu_samples(ident)
+            if cpu_count:
+                tags = running_tags.get(ident) or (("thread", str(ident)),)
+                window.add("cpu", tags, self._stack(frame), cpu_count)
+        for ident in [ident for ident in self._cpu_seen if ident not in frames]:
+            self._cpu_seen.pop(ident, None)
+            self._cpu_credit.pop(ident, None)
+
+    def _due_wall_samples(self) -> int:
+        now = self._monotonic()
+        last, self._last_tick = self._last_tick, now
+        self._wall_credit += self.period if last is None else now - last
+        due = min(int(self._wall_credit / self.period), MAX_CATCH_UP)
+        self._wall_credit = min(self._wall_credit - due * self.period, self.period)
+        return due
+
+    def _due_cpu_samples(self, ident: int) -> int:
+        used = self._thread_cpu_ns(ident)
+        if used is None:
+            return 0
+        previous = self._cpu_seen.get(ident)
+        self._cpu_seen[ident] = used
+        if previous is None:
+            return 0
+        period_ns = int(1e9 / self.hz)
+        credit = self._cpu_credit.get(ident, 0) + max(used - previous, 0)
+        due = min(credit // period_ns, MAX_CATCH_UP)
+        self._cpu_credit[ident] = min(credit - due * period_ns, period_ns)
+        return due
+
+    def _stack(self, frame: FrameType | None) -> Stack:
+        leaf_first: list[Frame] = []
+        names = self._names
+        while frame is not None and len(leaf_first) < MAX_DEPTH:
+            code = frame.f_code
+            info = names.get(code)
+            if info is None:
+                if len(names) > 50_000:
+                    names.clear()
+                module = frame.f_globals.get("__name__", "?")
+                info = names[code] = (f"{module}.{code.co_qualname}", code.co_filename, code.co_firstlineno)
+            leaf_first.append(Frame(info[0], info[1], info[2], frame.f_lineno or 0))
+            frame = frame.f_back
+        if frame is not None:
+            leaf_first.append(TRUNCATED)
+        leaf_first.reverse()
+        return tuple(leaf_first)
+
+    def _publish(self, window: Window) -> None:
+        for listener in self._on_window:
+            try:
+                listener(window)
+            except Exception:
+                log.exception("profile window listener failed")
+
+    # reading ---------------------------------------------------------------------------------------------
+
+    @property
+    def retained_seconds(self) -> float:
+        return self.store.retained_seconds
+
+    def profile(self, profile_type: str, seconds: float, route: str | None = None) -> Profile:
+        """Samples of the last `seconds` (recent windows, the unfinished one included); never waits."""
+        now = self._clock()
+        since = now - seconds
+        windows = self.store.windows_since(since)
+        start = min((window.start for window in windows), default=since)
+        return merge(windows, profile_type, self.hz, start, now, route, self.tags)
+
+
+def _thread_cpu_ns(ident: int) -> int | None:
+    try:
+        return time.clock_gettime_ns(time.pthread_getcpuclockid(ident))
+    except (OSError, OverflowError, AttributeError):
+        return None
