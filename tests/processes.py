@@ -73,3 +73,46 @@ def gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> tuple[Process,
         proc.stop()
         raise RuntimeError(proc.output()[-4000:]) from None
     return proc, base
+
+
+class RedisServer:
+    """A private redis-server on a free port, so a test can take it down and bring it back."""
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._log = log
+        self.process: Process | None = None
+
+    def start(self) -> RedisServer:
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        self.process = Process(argv, {}, self._log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(signal.SIGKILL)
+            self.process = None
+
+
+def worker(queue: str, env: dict[str, str], log: Path, *extra: str) -> Process:
+    return Process([str(BIN / "wardrobe-worker"), queue, *extra], env, log)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from . import errors, middleware
 from .auth import InitDataValidator
+from .capsules import Capsules
 from .config import Config
 from .db import Pool
 from .images import ImageStore
@@ -23,6 +24,8 @@ from .items import Items
 from .jobs import Jobs
 from .offload import ThreadOffload
 from .openapi import OpenAPI
+from .redis_client import connect as connect_redis
+from .resources.capsules import Capsule, CapsuleCollection
 from .resources.health import Health, Ready
 from .resources.images import ImageFiles
 from .resources.items import Item, ItemCollection
@@ -44,6 +47,9 @@ class Services:
     jobs: Jobs
     store: ImageStore
     offload: Any
+    capsules: Capsules
+    redis: Any
+    dispatcher: Any
 
     @classmethod
     def build(cls, config: Config, **overrides: Any) -> Services:
@@ -57,14 +63,25 @@ class Services:
             idle_tx_timeout_ms=config.db_idle_tx_timeout_ms,
             application_name="wardrobe-api",
         )
+        from tasks import queue, work
+        from tasks.dispatch import Dispatcher
+
+        redis = overrides.pop("redis", None) or connect_redis(
+            config.redis_url, pool_size=config.redis_pool_size, timeout=config.redis_timeout
+        )
+        jobs = Jobs(pool)
         values: dict[str, Any] = {
             "config": config,
             "pool": pool,
             "users": Users(pool),
             "items": Items(pool, max_attempts=config.job_max_attempts),
-            "jobs": Jobs(pool),
+            "jobs": jobs,
             "store": ImageStore(config.images_dir),
             "offload": ThreadOffload(config.image_threads),
+            "capsules": Capsules(pool, max_attempts=config.job_max_attempts),
+            "redis": redis,
+            # The API only enqueues: the tasks are registered without a runtime, so no model is ever loaded.
+            "dispatcher": Dispatcher(work.register(queue.build(redis)), jobs),
         }
         values.update(overrides)
         return cls(**values)
@@ -78,9 +95,11 @@ class Services:
 
     def close(self) -> None:
         self.pool.close()
+        self.redis.connection_pool.disconnect()
 
     def dispatch(self, jobs: list[dict[str, Any]], req: falcon.Request | None = None) -> None:
-        """Hand committed jobs to the queue (replaced by the job queue once it exists)."""
+        """After the commit: hand the jobs to Redis; if it is down, the reaper sends them later."""
+        self.dispatcher.send(jobs)
 
 
 class WardrobeApp(falcon.App):
@@ -106,7 +125,10 @@ def create_app(config: Config, services: Services | None = None) -> WardrobeApp:
     errors.install(app)
 
     app.add_route("/healthz", Health())
-    app.add_route("/readyz", Ready({"postgres": (services.pool.ping, True)}))
+    app.add_route(
+        "/readyz",
+        Ready({"postgres": (services.pool.ping, True), "redis": (services.redis.ping, False)}),
+    )
     app.add_route("/api/v1/me", Me(services.users))
     app.add_route(
         "/api/v1/items",
@@ -121,6 +143,8 @@ def create_app(config: Config, services: Services | None = None) -> WardrobeApp:
     )
     app.add_route("/api/v1/items/{item_id}", Item(services.items))
     app.add_route("/api/v1/jobs/{job_id}", Job(services.jobs))
+    app.add_route("/api/v1/capsules", CapsuleCollection(services.capsules, services.dispatch))
+    app.add_route("/api/v1/capsules/{capsule_id}", Capsule(services.capsules))
     app.add_route("/images/{name}", ImageFiles(services.store))
     served = {route.path for route in falcon.inspect.inspect_routes(app)} | {"/openapi.json"}
     app.add_route("/openapi.json", OpenAPI(served))

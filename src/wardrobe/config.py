@@ -110,6 +110,8 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("WARDROBE_AI_WORKERS", "ai_workers", _int(1, 1000), "32"),
     ("WARDROBE_JOB_MAX_ATTEMPTS", "job_max_attempts", _int(1, 100), "5"),
     ("WARDROBE_JOB_LEASE_SECONDS", "job_lease_seconds", _int(5), "300"),
+    ("WARDROBE_REAPER_INTERVAL", "reaper_interval", _float(0.5), "15"),
+    ("WARDROBE_REAPER_GRACE", "reaper_grace", _float(0.0), "10"),
     ("WARDROBE_BRAND_API_URL", "brand_api_url", _url, ""),
     ("WARDROBE_BRAND_API_TIMEOUT", "brand_api_timeout", _float(0.05), "0.8"),
     ("WARDROBE_BRAND_API_CONCURRENCY", "brand_api_concurrency", _int(1, 1000), "10"),
@@ -164,6 +166,8 @@ class Config:
     ai_workers: int
     job_max_attempts: int
     job_lease_seconds: int
+    reaper_interval: float
+    reaper_grace: float
     brand_api_url: str
     brand_api_timeout: float
     brand_api_concurrency: int

@@ -172,3 +172,53 @@ class Items:
             return bool(cur.rowcount)
 
         return self._pool.run(delete)
+
+
+ANALYSED = ("category", "colors", "season", "style", "pattern", "material", "formality")
+
+
+def for_job(cur: Any, item_id: Any) -> dict[str, Any] | None:
+    cur.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = %s", (item_id,))
+    return cur.fetchone()
+
+
+def set_cutout(cur: Any, item_id: Any, cutout_key: str) -> None:
+    cur.execute(
+        "UPDATE items SET cutout_key = %s, updated_at = clock_timestamp() WHERE id = %s",
+        (cutout_key, item_id),
+    )
+
+
+def apply_analysis(cur: Any, item_id: Any, attributes: dict[str, Any]) -> dict[str, Any] | None:
+    """Fill in what the analysis found, except fields the user set: their word beats the model's."""
+    cur.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = %s FOR UPDATE", (item_id,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    keep = set(row["user_fields"])
+    fields = [f for f in ANALYSED if f in attributes and f not in keep]
+    sets = "".join(f"{f} = %s, " for f in fields)
+    values = [Json(attributes[f]) if f == "colors" else attributes[f] for f in fields]
+    cur.execute(
+        f"""
+        UPDATE items SET {sets}analysis = %s, status = 'ready', updated_at = clock_timestamp()
+         WHERE id = %s RETURNING {ITEM_COLUMNS}
+        """,
+        [*values, Json(attributes), item_id],
+    )
+    return cur.fetchone()
+
+
+def mark_failed(cur: Any, item_id: Any) -> None:
+    cur.execute(
+        "UPDATE items SET status = 'failed', updated_at = clock_timestamp() WHERE id = %s", (item_id,)
+    )
+
+
+def wardrobe_for_capsules(cur: Any, user_id: int, limit: int = 500) -> list[dict[str, Any]]:
+    cur.execute(
+        f"SELECT {ITEM_COLUMNS} FROM items WHERE user_id = %s AND status = 'ready' AND category IS NOT NULL "
+        "ORDER BY created_at DESC, id DESC LIMIT %s",
+        (user_id, limit),
+    )
+    return cur.fetchall()

@@ -93,3 +93,118 @@ class Jobs:
 
 
 __all__ = ["JOB_COLUMNS", "Jobs", "Json", "insert", "parse_id", "serialize"]
+
+
+class JobLedger(Jobs):
+    """The workers' side of jobs: claim with a lease, advance, finish, retry, and what the reaper must resend."""
+
+    def claim(self, job_id: str, stage: str, lease_seconds: int) -> dict[str, Any] | None:
+        """Take the job if it is ours to run: queued and due, or running with an expired lease.
+
+        Returns None for a duplicate delivery, a finished job, or one that moved to another stage.
+        """
+
+        def update(cur: Any) -> Any:
+            cur.execute(
+                f"""
+                UPDATE jobs
+                   SET state = 'running', attempts = attempts + 1,
+                       locked_until = clock_timestamp() + make_interval(secs => %s),
+                       started_at = COALESCE(started_at, clock_timestamp()), updated_at = clock_timestamp()
+                 WHERE id = %s AND stage = %s
+                   AND ((state = 'queued' AND run_after <= clock_timestamp() + interval '1 second')
+                        OR (state = 'running' AND locked_until < clock_timestamp()))
+             RETURNING {JOB_COLUMNS}
+                """,
+                (lease_seconds, job_id, stage),
+            )
+            return cur.fetchone()
+
+        return self._pool.run(update, transaction=False)
+
+    @staticmethod
+    def advance(cur: Any, job_id: str, stage: str) -> None:
+        """Hand the job to its next stage (inside the caller's transaction)."""
+        cur.execute(
+            """
+            UPDATE jobs SET stage = %s, state = 'queued', attempts = 0, locked_until = NULL, enqueued_at = NULL,
+                            error = NULL, run_after = clock_timestamp(), updated_at = clock_timestamp()
+             WHERE id = %s
+            """,
+            (stage, job_id),
+        )
+
+    @staticmethod
+    def succeed(cur: Any, job_id: str, result: dict[str, Any]) -> None:
+        cur.execute(
+            """
+            UPDATE jobs SET state = 'succeeded', result = %s, error = NULL, locked_until = NULL,
+                            finished_at = clock_timestamp(), updated_at = clock_timestamp()
+             WHERE id = %s
+            """,
+            (Json(result), job_id),
+        )
+
+    @staticmethod
+    def fail(cur: Any, job_id: str, error: str) -> None:
+        cur.execute(
+            """
+            UPDATE jobs SET state = 'failed', error = %s, locked_until = NULL,
+                            finished_at = clock_timestamp(), updated_at = clock_timestamp()
+             WHERE id = %s
+            """,
+            (error[:500], job_id),
+        )
+
+    def retry_later(self, job_id: str, error: str, delay: float, *, count_attempt: bool = True) -> None:
+        """Back to the queue after `delay` seconds; a rate-limit deferral does not use up an attempt."""
+
+        def update(cur: Any) -> None:
+            cur.execute(
+                """
+                UPDATE jobs SET state = 'queued', error = %s, locked_until = NULL,
+                                attempts = attempts - %s,
+                                run_after = clock_timestamp() + make_interval(secs => %s),
+                                enqueued_at = clock_timestamp(), updated_at = clock_timestamp()
+                 WHERE id = %s AND state = 'running'
+                """,
+                (error[:500], 0 if count_attempt else 1, delay, job_id),
+            )
+
+        self._pool.run(update, transaction=False)
+
+    def unsent(self, grace_seconds: float, stale_seconds: float, limit: int = 500) -> list[dict[str, Any]]:
+        """Jobs that need (re)sending to Redis: never enqueued, lease expired, or enqueued long ago and idle."""
+
+        def select(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(
+                """
+                SELECT id, stage, state, run_after FROM jobs
+                 WHERE (state = 'queued' AND run_after <= clock_timestamp()
+                        AND created_at < clock_timestamp() - make_interval(secs => %s)
+                        AND (enqueued_at IS NULL OR enqueued_at < clock_timestamp() - make_interval(secs => %s)))
+                    OR (state = 'running' AND locked_until < clock_timestamp())
+                 ORDER BY run_after
+                 LIMIT %s
+                """,
+                (grace_seconds, stale_seconds, limit),
+            )
+            return cur.fetchall()
+
+        return self._pool.run(select, transaction=False)
+
+    def backlog(self) -> list[dict[str, Any]]:
+        """Per stage: how many jobs wait and how old the oldest is (for metrics)."""
+
+        def select(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(
+                """
+                SELECT stage, count(*) AS waiting,
+                       COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(run_after)), 0) AS oldest_age
+                  FROM jobs WHERE state = 'queued' AND run_after <= clock_timestamp()
+                 GROUP BY stage
+                """
+            )
+            return cur.fetchall()
+
+        return self._pool.run(select, transaction=False)

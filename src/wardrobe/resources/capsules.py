@@ -1,0 +1,51 @@
+"""Outfit capsules: request one (built in the background), list them, read one with its items."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+
+from .. import capsules, jobs
+from ..capsules import Capsules
+from ..pagination import InvalidCursor
+from ..schemas import CAPSULE_REQUEST
+from . import json_body, page_limit
+
+
+class CapsuleCollection:
+    def __init__(
+        self, capsules_: Capsules, after_commit: Callable[[list[dict[str, Any]], falcon.Request], None]
+    ) -> None:
+        self._capsules = capsules_
+        self._after_commit = after_commit
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            rows, next_cursor = self._capsules.list(
+                req.context.user.id, limit=page_limit(req), cursor=req.get_param("cursor")
+            )
+        except InvalidCursor as exc:
+            raise falcon.HTTPBadRequest(title="Invalid cursor", description=str(exc)) from None
+        resp.media = {"items": [capsules.serialize(r) for r in rows], "next_cursor": next_cursor}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params = json_body(req, CAPSULE_REQUEST, optional=True)
+        capsule, job = self._capsules.request(req.context.user.id, params, req.context.request_id)
+        self._after_commit([job], req)
+        resp.status = falcon.HTTP_202
+        resp.location = f"/api/v1/capsules/{capsule['id']}"
+        resp.media = {"capsule": capsules.serialize(capsule), "job": jobs.serialize(job)}
+
+
+class Capsule:
+    def __init__(self, capsules_: Capsules) -> None:
+        self._capsules = capsules_
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, capsule_id: str) -> None:
+        found = self._capsules.get(req.context.user.id, capsule_id)
+        if found is None:
+            raise falcon.HTTPNotFound(description="No such capsule.")
+        row, wardrobe = found
+        resp.media = capsules.serialize(row, wardrobe)

@@ -1,0 +1,207 @@
+"""What each stage of a job does, given only the job id: claim it under a lease, do the work, record the outcome
+in one transaction, and hand the job to its next stage after the commit. Safe to run twice for the same id.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from wardrobe import capsules, items, outfits
+from wardrobe.ai import ItemAnalyzer, PermanentAIError, RateLimited, TransientAIError
+from wardrobe.db import Pool
+from wardrobe.images import ImageError, ImageStore
+from wardrobe.jobs import JobLedger
+from wardrobe.users import bump_version
+
+log = logging.getLogger(__name__)
+
+
+class PermanentError(Exception):
+    """Retrying cannot help (corrupt input, missing row); the job fails at once with this message."""
+
+
+def backoff(
+    attempt: int, base: float = 5.0, cap: float = 300.0, rand: Callable[[], float] = random.random
+) -> float:
+    """Exponential backoff with full jitter around the midpoint: base * 2^(n-1), times 0.5..1.5, capped."""
+    return min(cap, base * 2 ** max(attempt - 1, 0)) * (0.5 + rand())
+
+
+@dataclass
+class StageRunner:
+    pool: Pool
+    store: ImageStore
+    ledger: JobLedger
+    send: Callable[..., Any]  # Dispatcher.send
+    lease_seconds: int = 300
+    remover: Any = None  # BackgroundRemover, images workers only
+    analyzer: ItemAnalyzer | None = None
+    observe: Callable[[str, str, float], None] = field(default=lambda kind, outcome, seconds: None)
+
+    # --- the stages -----------------------------------------------------------------------------------------
+
+    def cutout(self, job_id: str) -> str:
+        return self._run(job_id, "cutout", self._cutout)
+
+    def analyze(self, job_id: str) -> str:
+        return self._run(job_id, "analyze", self._analyze)
+
+    def capsule(self, job_id: str) -> str:
+        return self._run(job_id, "capsule", self._capsule)
+
+    def _cutout(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        item = self.pool.run(lambda cur: items.for_job(cur, job["item_id"]), transaction=False)
+        if item is None:
+            raise PermanentError("the item was deleted")
+        if not item["cutout_key"]:
+            try:
+                original = self.store.read(item["image_key"])
+            except FileNotFoundError:
+                raise PermanentError("the uploaded image is missing from storage") from None
+            try:
+                png = self.remover.cutout(original)
+            except (ImageError, OSError, ValueError) as exc:
+                raise PermanentError(f"the image could not be processed: {exc}") from None
+            key = self.store.put(png, "png")  # content-addressed: a rerun writes the same file
+        else:
+            key = item["cutout_key"]  # a rerun after a crash: the cutout is already there
+
+        def commit(cur: Any) -> None:
+            items.set_cutout(cur, item["id"], key)
+            self.ledger.advance(cur, job["id"], "analyze")
+            bump_version(cur, item["user_id"])
+
+        self.pool.run(commit)
+        self.send([{"id": job["id"], "stage": "analyze"}])
+        return None  # not finished: the analysis stage completes the job
+
+    def _analyze(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        item = self.pool.run(lambda cur: items.for_job(cur, job["item_id"]), transaction=False)
+        if item is None:
+            raise PermanentError("the item was deleted")
+        try:
+            cutout = self.store.read(item["cutout_key"] or item["image_key"])
+        except FileNotFoundError:
+            raise PermanentError("the cutout is missing from storage") from None
+        attributes = self.analyzer.analyze_item(cutout)
+        result = {"item_id": str(item["id"]), "source": attributes.get("source")}
+
+        def commit(cur: Any) -> None:
+            items.apply_analysis(cur, item["id"], attributes)
+            self.ledger.succeed(cur, job["id"], result)
+            bump_version(cur, item["user_id"])
+
+        self.pool.run(commit)
+        return result
+
+    def _capsule(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        def load(cur: Any) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+            capsule = capsules.for_job(cur, job["capsule_id"])
+            if capsule is None:
+                return None, [], {}
+            cur.execute("SELECT profile, wardrobe_version FROM users WHERE id = %s", (capsule["user_id"],))
+            user = cur.fetchone()
+            return capsule, items.wardrobe_for_capsules(cur, capsule["user_id"]), user
+
+        capsule, wardrobe, user = self.pool.run(load, transaction=False)
+        if capsule is None:
+            raise PermanentError("the capsule was deleted")
+        request = {"occasion": capsule["occasion"], "season": capsule["season"], "size": capsule["size"]}
+        proposed = outfits.candidates(
+            wardrobe,
+            occasion=capsule["occasion"],
+            season=capsule["season"],
+            preferred_styles=(user.get("profile") or {}).get("style"),
+            limit=max(capsule["size"] * 3, 6),
+        )
+        if not proposed:
+            raise PermanentError(
+                "not enough ready items for an outfit: add at least a top and a bottom, or a dress"
+            )
+        chosen = self.analyzer.choose_capsules(proposed, wardrobe, request)
+        if not chosen:
+            raise PermanentError("no proposed outfit could be used")
+        by_ids = {tuple(str(i) for i in o["item_ids"]): o for o in proposed}
+        outfit_rows = [
+            {
+                "name": c["name"],
+                "description": c["description"],
+                "item_ids": [str(i) for i in c["item_ids"]],
+                "slots": by_ids.get(tuple(str(i) for i in c["item_ids"]), {}).get("slots", {}),
+            }
+            for c in chosen
+        ]
+        source = chosen[0].get("source") or self.analyzer.source
+        label = (capsule["occasion"] or "everyday").capitalize()
+        season = f" · {capsule['season']}" if capsule["season"] else ""
+
+        def commit(cur: Any) -> None:
+            capsules.complete(
+                cur,
+                capsule["id"],
+                name=f"{label} capsule{season}",
+                description=f"{len(outfit_rows)} outfits from your wardrobe.",
+                outfits=outfit_rows,
+                source=source,
+                version=user["wardrobe_version"],
+            )
+            self.ledger.succeed(
+                cur, job["id"], {"capsule_id": str(capsule["id"]), "outfits": len(outfit_rows)}
+            )
+            bump_version(cur, capsule["user_id"])
+
+        self.pool.run(commit)
+        return {"capsule_id": str(capsule["id"])}
+
+    # --- the common frame: lease, outcome, retries ------------------------------------------------------------
+
+    def _run(self, job_id: str, stage: str, work: Callable[[dict[str, Any]], Any]) -> str:
+        job = self.ledger.claim(job_id, stage, self.lease_seconds)
+        if job is None:
+            log.info("job %s (%s): not ours to run (duplicate delivery, finished or not due)", job_id, stage)
+            return "skipped"
+        started = time.monotonic()
+        kind = job["kind"]
+        try:
+            done = work(job)
+            outcome = "succeeded" if done is not None else "advanced"
+        except RateLimited as exc:
+            # Not the job's fault: try again when a key has budget, without using up an attempt.
+            self._retry(job, str(exc), exc.retry_after + random.uniform(0, 1), count_attempt=False)
+            outcome = "deferred"
+        except (PermanentError, PermanentAIError) as exc:
+            self._fail(job, str(exc))
+            outcome = "failed"
+        except (TransientAIError, Exception) as exc:
+            log.warning(
+                "job %s (%s) attempt %s failed: %s", job_id, stage, job["attempts"], exc, exc_info=True
+            )
+            if job["attempts"] >= job["max_attempts"]:
+                self._fail(job, f"gave up after {job['attempts']} attempts: {exc}")
+                outcome = "failed"
+            else:
+                self._retry(job, f"attempt {job['attempts']} failed: {exc}", backoff(job["attempts"]))
+                outcome = "retrying"
+        self.observe(kind, outcome, time.monotonic() - started)
+        log.info("job %s (%s) %s in %.2fs", job_id, stage, outcome, time.monotonic() - started)
+        return outcome
+
+    def _retry(self, job: dict[str, Any], error: str, delay: float, *, count_attempt: bool = True) -> None:
+        self.ledger.retry_later(str(job["id"]), error, delay, count_attempt=count_attempt)
+        self.send([job], delay=delay)
+
+    def _fail(self, job: dict[str, Any], error: str) -> None:
+        def commit(cur: Any) -> None:
+            self.ledger.fail(cur, job["id"], error)
+            if job["item_id"]:
+                items.mark_failed(cur, job["item_id"])
+            if job["capsule_id"]:
+                capsules.mark_failed(cur, job["capsule_id"])
+            bump_version(cur, job["user_id"])
+
+        self.pool.run(commit)

@@ -1,0 +1,133 @@
+"""The tasks, registered on the queues' Huey instances, and the per-process runtime they use.
+
+Both the API (to enqueue) and the consumers (to run) call `register`; only consumers ever build a runtime, in
+`on_startup`, after fork — so the API never opens a model or an OpenAI client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from huey import RedisHuey
+
+from wardrobe.config import Config
+
+from .dispatch import Dispatcher
+from .stages import StageRunner
+
+log = logging.getLogger(__name__)
+
+
+class ProcessLocal:
+    """One runtime per process (and per queue), built on first use after fork, shared by its greenlets."""
+
+    def __init__(self, build: Callable[[str], StageRunner]) -> None:
+        self._build = build
+        self._made: dict[tuple[int, str], StageRunner] = {}
+        self._lock = threading.Lock()
+
+    def get(self, queue: str) -> StageRunner:
+        key = (os.getpid(), queue)
+        runner = self._made.get(key)
+        if runner is None:
+            with self._lock:
+                runner = self._made.get(key)
+                if runner is None:
+                    runner = self._made[key] = self._build(queue)
+        return runner
+
+
+def _no_runtime(queue: str) -> StageRunner:
+    raise RuntimeError(f"this process only enqueues; it cannot run {queue} tasks")
+
+
+def register(
+    hueys: dict[str, RedisHuey], build: Callable[[str], StageRunner] | None = None
+) -> dict[str, Any]:
+    """Define the tasks on these Huey instances; returns stage -> task (call it with a job id to enqueue)."""
+    images, ai = hueys["images"], hueys["ai"]
+    local = ProcessLocal(build or _no_runtime)
+
+    @images.on_startup()
+    def warm_images() -> None:
+        local.get("images")
+
+    @ai.on_startup()
+    def warm_ai() -> None:
+        local.get("ai")
+
+    # retries=0: failures are handled by the stage runner against the job row, with backoff and a bound.
+    @images.task(name="cutout", retries=0)
+    def cutout(job_id: str) -> str:
+        return local.get("images").cutout(job_id)
+
+    @ai.task(name="analyze", retries=0)
+    def analyze(job_id: str) -> str:
+        return local.get("ai").analyze(job_id)
+
+    @ai.task(name="capsule", retries=0)
+    def capsule(job_id: str) -> str:
+        return local.get("ai").capsule(job_id)
+
+    return {"cutout": cutout, "analyze": analyze, "capsule": capsule}
+
+
+def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], processes: int = 1) -> Callable:
+    """The factory consumers pass to `register`: what a worker process needs for its queue."""
+
+    def build(queue: str) -> StageRunner:
+        from wardrobe.db import Pool
+        from wardrobe.images import ImageStore
+        from wardrobe.jobs import JobLedger
+
+        pool = Pool(
+            config.database_url,
+            size=2 if queue == "images" else min(config.ai_workers, 10),
+            overflow=0 if queue == "images" else 5,
+            acquire_timeout=30,
+            statement_timeout_ms=config.db_statement_timeout_ms,
+            idle_tx_timeout_ms=config.db_idle_tx_timeout_ms,
+            application_name=f"wardrobe-worker-{queue}",
+        )
+        ledger = JobLedger(pool)
+        runner = StageRunner(
+            pool=pool,
+            store=ImageStore(config.images_dir),
+            ledger=ledger,
+            send=Dispatcher(tasks, ledger).send,
+            lease_seconds=config.job_lease_seconds,
+        )
+        if queue == "images":
+            from .removal import BackgroundRemover
+
+            threads = max(1, (os.cpu_count() or 1) // max(processes, 1))
+            runner.remover = BackgroundRemover(
+                config.rembg_model, config.u2net_home, threads=threads, max_side=config.image_max_side
+            )
+        else:
+            runner.analyzer = build_analyzer(config, redis_client)
+        log.info("worker runtime ready for the %s queue (pid %s)", queue, os.getpid())
+        return runner
+
+    return build
+
+
+def build_analyzer(config: Config, redis_client: Any) -> Any:
+    from wardrobe.ai import LocalAnalyzer, OpenAIAnalyzer
+
+    if not config.openai_api_keys:
+        return LocalAnalyzer(max_image_pixels=config.max_image_pixels)
+    from wardrobe.openai_limiter import OpenAIKeyPool
+
+    keys = OpenAIKeyPool(redis_client, config.openai_api_keys, rpm=config.openai_rpm, tpm=config.openai_tpm)
+    return OpenAIAnalyzer(
+        keys,
+        base_url=config.openai_base_url,
+        model=config.openai_model,
+        timeout=config.openai_timeout,
+        max_image_pixels=config.max_image_pixels,
+    )
