@@ -10,6 +10,8 @@ try:
 except ConfigError as exc:  # one clear line, not a traceback
     raise SystemExit(f"wardrobe: {exc}") from None
 
+# Multiprocess metrics: the directory is exported before any worker imports prometheus_client.
+_metrics_dir = _config.export_metrics_dir("api")
 wsgi_app = "wardrobe.wsgi:app"
 bind = [_config.bind]
 workers = _config.gunicorn_workers
@@ -48,6 +50,18 @@ logconfig_dict = {
         "wardrobe": {"handlers": ["app"], "level": _config.log_level, "propagate": False},
     },
 }
+
+
+def on_starting(server):
+    from wardrobe.metrics import wipe_multiproc_dir
+
+    wipe_multiproc_dir(_metrics_dir)  # series of a previous run's workers would be summed in forever
+
+
+def child_exit(server, worker):
+    from wardrobe.metrics import mark_worker_dead
+
+    mark_worker_dead(worker.pid, _metrics_dir)
 
 
 def post_worker_init(worker):

@@ -46,6 +46,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s"
     )
+    # Before anything imports prometheus_client: this consumer's processes share one metrics directory.
+    metrics_dir = config.export_metrics_dir(f"worker-{args.queue}")
+    from wardrobe import metrics
+
+    metrics.wipe_multiproc_dir(metrics_dir)
+    if config.worker_metrics_bind:
+        metrics.start_worker_metrics_server(
+            config.worker_metrics_bind, metrics_dir, role=f"worker-{args.queue}"
+        )
     workers = args.workers or (config.image_workers if args.queue == "images" else config.ai_workers)
     client = connect(config.redis_url, pool_size=workers + 10, timeout=max(config.redis_timeout, 2.0))
     hueys = queue.build(client)
@@ -83,13 +92,16 @@ def _start_reaper(config, client, tasks) -> None:
             config.database_url, size=1, overflow=0, acquire_timeout=30, application_name="wardrobe-reaper"
         )
         ledger = JobLedger(pool)
+        from wardrobe import observability
+
         Reaper(
             ledger,
-            Dispatcher(tasks, ledger).send,
+            Dispatcher(tasks, ledger, on_error=observability.dependency_error).send,
             client,
             interval=config.reaper_interval,
             grace=config.reaper_grace,
             stale=config.job_lease_seconds,
+            observe_backlog=observability.queue_backlog,
         ).run_forever(parent_pid=parent)
 
     process = multiprocessing.get_context("fork").Process(

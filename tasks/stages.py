@@ -42,6 +42,7 @@ class StageRunner:
     remover: Any = None  # BackgroundRemover, images workers only
     analyzer: ItemAnalyzer | None = None
     observe: Callable[[str, str, float], None] = field(default=lambda kind, outcome, seconds: None)
+    report: Callable[..., None] = field(default=lambda *args, **kwargs: None)  # to Sentry
 
     # --- the stages -----------------------------------------------------------------------------------------
 
@@ -176,11 +177,25 @@ class StageRunner:
             outcome = "deferred"
         except (PermanentError, PermanentAIError) as exc:
             self._fail(job, str(exc))
-            outcome = "failed"
-        except (TransientAIError, Exception) as exc:
-            log.warning(
-                "job %s (%s) attempt %s failed: %s", job_id, stage, job["attempts"], exc, exc_info=True
+            self.report(
+                message=f"{kind} job failed: {exc}", job_id=job_id, kind=kind, request_id=job["request_id"]
             )
+            outcome = "failed"
+        except (
+            TransientAIError,
+            Exception,
+        ) as exc:  # any other failure is retried, a bounded number of times
+            log.warning(
+                "job %s (%s, request %s) attempt %s failed: %s",
+                job_id,
+                stage,
+                job["request_id"],
+                job["attempts"],
+                exc,
+                exc_info=True,
+            )
+            if not isinstance(exc, TransientAIError):
+                self.report(exc, job_id=job_id, kind=kind, request_id=job["request_id"])
             if job["attempts"] >= job["max_attempts"]:
                 self._fail(job, f"gave up after {job['attempts']} attempts: {exc}")
                 outcome = "failed"
@@ -188,7 +203,8 @@ class StageRunner:
                 self._retry(job, f"attempt {job['attempts']} failed: {exc}", backoff(job["attempts"]))
                 outcome = "retrying"
         self.observe(kind, outcome, time.monotonic() - started)
-        log.info("job %s (%s) %s in %.2fs", job_id, stage, outcome, time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        log.info("job %s (%s, request %s) %s in %.2fs", job_id, stage, job["request_id"], outcome, elapsed)
         return outcome
 
     def _retry(self, job: dict[str, Any], error: str, delay: float, *, count_attempt: bool = True) -> None:

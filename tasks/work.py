@@ -15,6 +15,7 @@ from typing import Any
 from huey import RedisHuey
 
 from wardrobe.config import Config
+from wardrobe.profiling import task_context
 
 from .dispatch import Dispatcher
 from .stages import StageRunner
@@ -61,17 +62,21 @@ def register(
         local.get("ai")
 
     # retries=0: failures are handled by the stage runner against the job row, with backoff and a bound.
+    # task_context tags the profiler's samples with the task, as request routes are on the API.
     @images.task(name="cutout", retries=0)
     def cutout(job_id: str) -> str:
-        return local.get("images").cutout(job_id)
+        with task_context("cutout"):
+            return local.get("images").cutout(job_id)
 
     @ai.task(name="analyze", retries=0)
     def analyze(job_id: str) -> str:
-        return local.get("ai").analyze(job_id)
+        with task_context("analyze"):
+            return local.get("ai").analyze(job_id)
 
     @ai.task(name="capsule", retries=0)
     def capsule(job_id: str) -> str:
-        return local.get("ai").capsule(job_id)
+        with task_context("capsule"):
+            return local.get("ai").capsule(job_id)
 
     return {"cutout": cutout, "analyze": analyze, "capsule": capsule}
 
@@ -93,13 +98,19 @@ def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], pr
             idle_tx_timeout_ms=config.db_idle_tx_timeout_ms,
             application_name=f"wardrobe-worker-{queue}",
         )
+        from wardrobe import observability
+
+        observability.init_sentry(config.sentry_dsn, config.sentry_environment, f"worker-{queue}")
+        _start_profiler(config, queue)
         ledger = JobLedger(pool)
         runner = StageRunner(
             pool=pool,
             store=ImageStore(config.images_dir),
             ledger=ledger,
-            send=Dispatcher(tasks, ledger).send,
+            send=Dispatcher(tasks, ledger, on_error=observability.dependency_error).send,
             lease_seconds=config.job_lease_seconds,
+            observe=observability.job_finished,
+            report=observability.report,
         )
         if queue == "images":
             from .removal import BackgroundRemover
@@ -123,11 +134,33 @@ def build_analyzer(config: Config, redis_client: Any) -> Any:
         return LocalAnalyzer(max_image_pixels=config.max_image_pixels)
     from wardrobe.openai_limiter import OpenAIKeyPool
 
-    keys = OpenAIKeyPool(redis_client, config.openai_api_keys, rpm=config.openai_rpm, tpm=config.openai_tpm)
+    keys = OpenAIKeyPool(
+        redis_client,
+        config.openai_api_keys,
+        rpm=config.openai_rpm,
+        tpm=config.openai_tpm,
+        headroom=config.openai_headroom,
+    )
+    from wardrobe import observability
+
     return OpenAIAnalyzer(
         keys,
         base_url=config.openai_base_url,
         model=config.openai_model,
         timeout=config.openai_timeout,
+        connect_timeout=config.openai_connect_timeout,
+        max_wait=config.openai_max_wait,
         max_image_pixels=config.max_image_pixels,
+        observe=observability.openai_call,
     )
+
+
+def _start_profiler(config: Config, queue: str) -> None:
+    """Each worker process profiles itself like the API does, tagged role=worker and by task."""
+    from wardrobe.app import _profiler
+
+    profiler, pusher = _profiler(config, role="worker", queue=queue)
+    if pusher is not None:
+        pusher.start()
+    if profiler is not None:
+        profiler.start()

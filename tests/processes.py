@@ -116,3 +116,31 @@ class RedisServer:
 
 def worker(queue: str, env: dict[str, str], log: Path, *extra: str) -> Process:
     return Process([str(BIN / "wardrobe-worker"), queue, *extra], env, log)
+
+
+class Memcached:
+    """One memcached process in the foreground, so the test owns its pid and can kill and restart it."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.server = f"127.0.0.1:{port}"
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> Memcached:
+        self._process = subprocess.Popen(
+            ["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(self.port), "-m", "16"]
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"memcached did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+            self._process = None

@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from processes import Memcached, free_port
 from pymemcache.client.base import Client as MemcacheClient
 
 from tests.fakes.brand_server import BrandServer
-from tests.test_cache import Memcached, free_port
 from wardrobe.brands import (
     BrandsUnavailable,
     CatalogueBrands,

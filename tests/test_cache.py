@@ -4,52 +4,17 @@ from __future__ import annotations
 
 import os
 import random
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 
 import psycopg2
 import pytest
+from processes import Memcached, free_port
 from psycopg2.extras import Json
 
 from wardrobe.cache import MISSING, Cache, LocalLRU, NullCache, cache_key
 
 TEST_DSN = f"postgresql:///{os.environ.get('WARDROBE_TEST_DATABASE', 'wardrobe_test')}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Memcached:
-    """One memcached process in the foreground, so the test owns its pid and can kill and restart it."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.server = f"127.0.0.1:{port}"
-        self._process: subprocess.Popen | None = None
-
-    def start(self) -> Memcached:
-        self._process = subprocess.Popen(
-            ["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(self.port), "-m", "16"]
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"memcached did not start on port {self.port}")
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait(timeout=10)
-            self._process = None
 
 
 @pytest.fixture(scope="module")

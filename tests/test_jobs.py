@@ -8,10 +8,10 @@ import time
 import falcon.testing
 import pytest
 from conftest import BOT_TOKEN, TEST_DSN, image_bytes, make_config, upload
-from fakes.openai_server import FakeOpenAI
 from PIL import Image, ImageDraw
 from processes import RedisServer, worker
 
+from tests.fakes.openai_server import FakeOpenAI
 from wardrobe.app import create_app
 
 pytestmark = pytest.mark.slow

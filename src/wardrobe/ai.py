@@ -170,7 +170,10 @@ class OpenAIAnalyzer:
         bad_key_cool_down: float = 300.0,
         max_image_pixels: int = 40_000_000,
         client_factory: Callable[[str], openai.OpenAI] | None = None,
+        observe: Callable[[str, str, int], None] | None = None,
     ) -> None:
+        # observe(key_alias, outcome, tokens): outcome is the HTTP status or an error kind, for metrics.
+        self._observe = observe or (lambda alias, outcome, tokens: None)
         self._pool = key_pool
         self._model = model
         self._max_wait = max_wait
@@ -288,16 +291,22 @@ class OpenAIAnalyzer:
             except openai.APIStatusError as exc:
                 self._bookkeeping(self._pool.observe_headers, lease.alias, exc.response.headers)
                 error = self._classified(lease, exc)
+                self._observe(lease.alias, str(exc.status_code), 0)
+                if exc.status_code == 429:
+                    self._observe(lease.alias, "429:" + (getattr(error, "reason", None) or "rate_limit"), 0)
                 if isinstance(error, RateLimited):
                     last = error
                     continue
                 raise error from exc
             except openai.APITimeoutError as exc:
+                self._observe(lease.alias, "timeout", 0)
                 raise TransientAIError("timeout", str(exc)) from exc
             except openai.APIConnectionError as exc:
+                self._observe(lease.alias, "connection_error", 0)
                 raise TransientAIError("connection", str(exc)) from exc
             self._bookkeeping(self._pool.observe_headers, lease.alias, raw.headers)
             completion = raw.parse()
+            self._observe(lease.alias, "200", completion.usage.total_tokens if completion.usage else 0)
             if completion.usage is not None:
                 charged = completion.usage.prompt_tokens + max_tokens
                 self._bookkeeping(self._pool.record_usage, lease.alias, charged, estimated)

@@ -1,35 +1,45 @@
 """`create_app(config)` builds the API and everything it needs; wsgi.py is the only caller in production.
 
-Nothing here connects to anything: pools and clients open lazily on first use or in `Services.start()`, which
-gunicorn's `post_worker_init` calls after gevent has patched the process.
+Nothing here connects to anything: pools and clients open lazily on first use, and the threads (profiler,
+Pyroscope push, process metrics) start in `Services.start()`, which gunicorn's `post_worker_init` calls after
+gevent has patched the process.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 from typing import Any
 
 import falcon
 import falcon.inspect
 from PIL import Image
 
-from . import errors, middleware
+from . import errors, metrics, middleware, observability
 from .auth import InitDataValidator
+from .brands import CatalogueBrands, CircuitBreaker, HttpBrandClient
+from .cache import Cache, LocalLRU, NullCache
 from .capsules import Capsules
 from .config import Config
 from .db import Pool
+from .http_cache import JsonValidators
 from .images import ImageStore
 from .items import Items
 from .jobs import Jobs
 from .offload import ThreadOffload
 from .openapi import OpenAPI
+from .profiling import FlamegraphResource, PprofResource, Profiler, ProfilingMiddleware, PyroscopePusher
+from .ratelimit import UserRateLimiter
+from .reads import WardrobeReads
 from .redis_client import connect as connect_redis
+from .resources.brands import Brands
 from .resources.capsules import Capsule, CapsuleCollection
 from .resources.health import Health, Ready
 from .resources.images import ImageFiles
 from .resources.items import Item, ItemCollection
 from .resources.jobs import Job
+from .resources.limits import RateLimits
 from .resources.me import Me
 from .users import Users
 
@@ -45,14 +55,22 @@ class Services:
     users: Users
     items: Items
     jobs: Jobs
+    capsules: Capsules
     store: ImageStore
     offload: Any
-    capsules: Capsules
     redis: Any
     dispatcher: Any
+    cache: Any
+    brands: Any
+    limiter: UserRateLimiter
+    profiler: Profiler | None
+    pusher: PyroscopePusher | None
 
     @classmethod
     def build(cls, config: Config, **overrides: Any) -> Services:
+        from tasks import queue, work
+        from tasks.dispatch import Dispatcher
+
         pool = overrides.pop("pool", None) or Pool(
             config.database_url,
             size=config.db_pool_size,
@@ -62,44 +80,120 @@ class Services:
             statement_timeout_ms=config.db_statement_timeout_ms,
             idle_tx_timeout_ms=config.db_idle_tx_timeout_ms,
             application_name="wardrobe-api",
+            observer=observability.PoolMetrics(),
         )
-        from tasks import queue, work
-        from tasks.dispatch import Dispatcher
-
         redis = overrides.pop("redis", None) or connect_redis(
             config.redis_url, pool_size=config.redis_pool_size, timeout=config.redis_timeout
         )
+        cache = overrides.pop("cache", None) or _cache(config)
         jobs = Jobs(pool)
+        profiler, pusher = _profiler(config, role="api")
         values: dict[str, Any] = {
             "config": config,
             "pool": pool,
             "users": Users(pool),
             "items": Items(pool, max_attempts=config.job_max_attempts),
             "jobs": jobs,
+            "capsules": Capsules(pool, max_attempts=config.job_max_attempts),
             "store": ImageStore(config.images_dir),
             "offload": ThreadOffload(config.image_threads),
-            "capsules": Capsules(pool, max_attempts=config.job_max_attempts),
             "redis": redis,
-            # The API only enqueues: the tasks are registered without a runtime, so no model is ever loaded.
-            "dispatcher": Dispatcher(work.register(queue.build(redis)), jobs),
+            # The API only enqueues: tasks are registered without a runtime, so no model is ever loaded here.
+            "dispatcher": Dispatcher(
+                work.register(queue.build(redis)), jobs, on_error=observability.dependency_error
+            ),
+            "cache": cache,
+            "brands": _brands(config, cache),
+            "limiter": UserRateLimiter(
+                redis,
+                rules={
+                    "upload": config.rate_limit_upload,
+                    "capsule": config.rate_limit_capsule,
+                    "brands": config.rate_limit_brands,
+                },
+                on_fail_open=observability.rate_limit_fail_open,
+            ),
+            "profiler": profiler,
+            "pusher": pusher,
         }
         values.update(overrides)
         return cls(**values)
 
     def start(self) -> None:
-        """Warm what can be warmed; failures here are not fatal (the service recovers when deps return)."""
+        """In each worker after fork: start the threads and warm what can be warmed."""
+        observability.init_sentry(self.config.sentry_dsn, self.config.sentry_environment, "api")
+        if self.pusher is not None:
+            self.pusher.start()
+        if self.profiler is not None:
+            self.profiler.start()
+        metrics.ProcessUsage("api").start(interval=15)
         try:
             self.pool.ping()
         except Exception as exc:  # noqa: BLE001 - a dependency down at start must not kill the worker
             log.warning("database not reachable at start: %s", exc)
 
     def close(self) -> None:
+        if self.profiler is not None:
+            self.profiler.stop()
+        if self.pusher is not None:
+            self.pusher.stop()
         self.pool.close()
         self.redis.connection_pool.disconnect()
+        if hasattr(self.brands, "close"):
+            self.brands.close()
 
     def dispatch(self, jobs: list[dict[str, Any]], req: falcon.Request | None = None) -> None:
         """After the commit: hand the jobs to Redis; if it is down, the reaper sends them later."""
         self.dispatcher.send(jobs)
+
+    def cache_health(self) -> None:
+        state = self.cache.ping()
+        if state == "degraded":
+            raise ConnectionError("memcached unreachable")
+
+
+def _cache(config: Config) -> Any:
+    if not config.memcached_servers:
+        return NullCache(on_result=observability.cache_result)
+    local = LocalLRU(maxsize=2048, ttl=config.cache_local_ttl) if config.cache_local_ttl > 0 else None
+    return Cache(
+        config.memcached_servers,
+        max_pool_size=config.memcached_pool_size,
+        connect_timeout=config.memcached_timeout,
+        timeout=config.memcached_timeout,
+        local=local,
+        on_error=observability.cache_error,
+        on_result=observability.cache_result,
+    )
+
+
+def _brands(config: Config, cache: Any) -> Any:
+    catalogue = CatalogueBrands()
+    if not config.brand_api_url:
+        return catalogue  # the embedded default: the bundled catalogue of well-known brands
+    return HttpBrandClient(
+        config.brand_api_url,
+        cache=cache,
+        fallback=catalogue,
+        timeout=config.brand_api_timeout,
+        max_concurrency=config.brand_api_concurrency,
+        breaker=CircuitBreaker(on_state_change=observability.breaker_state),
+        on_outcome=observability.brand_outcome,
+    )
+
+
+def _profiler(config: Config, role: str, **tags: str) -> tuple[Profiler | None, PyroscopePusher | None]:
+    if not config.profile_hz:
+        return None, None
+    tags = {"host": socket.gethostname(), "role": role, **tags}
+    pusher = PyroscopePusher(config.pyroscope_url, "wardrobe", tags=tags) if config.pyroscope_url else None
+    profiler = Profiler(
+        hz=config.profile_hz,
+        keep_minutes=config.profile_keep_minutes,
+        tags=tags,
+        on_window=[pusher.submit] if pusher else (),
+    )
+    return profiler, pusher
 
 
 class WardrobeApp(falcon.App):
@@ -115,7 +209,14 @@ def create_app(config: Config, services: Services | None = None) -> WardrobeApp:
 
     validator = InitDataValidator(config.telegram_bot_token, config.init_data_max_age)
     app = WardrobeApp(
-        middleware=[middleware.RequestId(), middleware.TelegramAuth(validator, services.users)],
+        middleware=[
+            middleware.RequestId(),
+            metrics.MetricsMiddleware(),
+            ProfilingMiddleware(),
+            middleware.TelegramAuth(validator, services.users),
+            observability.SentryTags(),
+            JsonValidators(),
+        ],
         cors_enable=False,
     )
     app.req_options.strip_url_path_trailing_slash = True
@@ -124,10 +225,22 @@ def create_app(config: Config, services: Services | None = None) -> WardrobeApp:
     form.max_body_part_count = 8
     errors.install(app)
 
+    reads = WardrobeReads(
+        services.users, services.items, services.capsules, services.cache, config.capsule_ttl
+    )
+    limit = RateLimits(services.limiter)
+    guard = observability.OperatorGuard(config.metrics_token)
+
     app.add_route("/healthz", Health())
     app.add_route(
         "/readyz",
-        Ready({"postgres": (services.pool.ping, True), "redis": (services.redis.ping, False)}),
+        Ready(
+            {
+                "postgres": (services.pool.ping, True),
+                "redis": (services.redis.ping, False),  # uploads still succeed: the reaper enqueues later
+                "memcached": (services.cache_health, False),  # reads fall through to Postgres
+            }
+        ),
     )
     app.add_route("/api/v1/me", Me(services.users))
     app.add_route(
@@ -139,13 +252,23 @@ def create_app(config: Config, services: Services | None = None) -> WardrobeApp:
             max_image_pixels=config.max_image_pixels,
             offload=services.offload,
             after_commit=services.dispatch,
+            reads=reads,
+            limit=limit,
         ),
     )
     app.add_route("/api/v1/items/{item_id}", Item(services.items))
     app.add_route("/api/v1/jobs/{job_id}", Job(services.jobs))
-    app.add_route("/api/v1/capsules", CapsuleCollection(services.capsules, services.dispatch))
+    app.add_route("/api/v1/capsules", CapsuleCollection(services.capsules, services.dispatch, reads, limit))
     app.add_route("/api/v1/capsules/{capsule_id}", Capsule(services.capsules))
+    app.add_route("/api/v1/brands", Brands(services.brands, limit))
     app.add_route("/images/{name}", ImageFiles(services.store))
+    app.add_route(
+        "/metrics",
+        metrics.MetricsResource(guard, config.exported_metrics_dir(), metrics.ProcessUsage("api")),
+    )
+    if services.profiler is not None:
+        app.add_route("/debug/pprof/profile", PprofResource(services.profiler, guard))
+        app.add_route("/debug/flamegraph", FlamegraphResource(services.profiler, guard))
     served = {route.path for route in falcon.inspect.inspect_routes(app)} | {"/openapi.json"}
     app.add_route("/openapi.json", OpenAPI(served))
     app.services = services  # reachable from gunicorn hooks via worker.wsgi

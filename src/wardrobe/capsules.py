@@ -8,6 +8,7 @@ from psycopg2.extras import Json
 
 from . import items, jobs, pagination
 from .db import Pool
+from .users import bump_version
 
 CAPSULE_COLUMNS = (
     "id, user_id, state, occasion, season, size, name, description, outfits, source, wardrobe_version, "
@@ -65,6 +66,7 @@ class Capsules:
                 capsule_id=capsule["id"],
                 request_id=request_id,
             )
+            bump_version(cur, user_id)
             return capsule, job
 
         return self._pool.run(insert)

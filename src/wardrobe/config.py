@@ -94,6 +94,8 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("WARDROBE_REDIS_POOL_SIZE", "redis_pool_size", _int(1, 10000), "50"),
     ("WARDROBE_REDIS_TIMEOUT", "redis_timeout", _float(0.01), "0.5"),
     ("WARDROBE_MEMCACHED_SERVERS", "memcached_servers", _list, "127.0.0.1:11211"),
+    ("WARDROBE_MEMCACHED_TIMEOUT", "memcached_timeout", _float(0.01), "0.2"),
+    ("WARDROBE_MEMCACHED_POOL_SIZE", "memcached_pool_size", _int(1, 10000), "32"),
     ("WARDROBE_CACHE_LOCAL_TTL", "cache_local_ttl", _float(0.0), "2.0"),
     ("WARDROBE_CAPSULE_TTL", "capsule_ttl", _int(1), "86400"),
     ("WARDROBE_OPENAI_API_KEYS", "openai_api_keys", _list, ""),
@@ -102,6 +104,9 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("WARDROBE_OPENAI_RPM", "openai_rpm", _int(1), "500"),
     ("WARDROBE_OPENAI_TPM", "openai_tpm", _int(1), "200000"),
     ("WARDROBE_OPENAI_TIMEOUT", "openai_timeout", _float(0.1), "30"),
+    ("WARDROBE_OPENAI_CONNECT_TIMEOUT", "openai_connect_timeout", _float(0.1), "5"),
+    ("WARDROBE_OPENAI_MAX_WAIT", "openai_max_wait", _float(0.0), "2"),
+    ("WARDROBE_OPENAI_HEADROOM", "openai_headroom", _float(0.0), "0.1"),
     ("WARDROBE_REMBG_MODEL", "rembg_model", _str, "u2netp"),
     ("WARDROBE_U2NET_HOME", "u2net_home", _path, "var/models"),
     ("WARDROBE_IMAGE_MAX_SIDE", "image_max_side", _int(64, 8192), "1024"),
@@ -123,6 +128,7 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("WARDROBE_SENTRY_DSN", "sentry_dsn", _str, ""),
     ("WARDROBE_SENTRY_ENVIRONMENT", "sentry_environment", _str, "development"),
     ("WARDROBE_PROFILE_HZ", "profile_hz", _int(0, 1000), "100"),
+    ("WARDROBE_PROFILE_KEEP_MINUTES", "profile_keep_minutes", _float(1), "15"),
     ("WARDROBE_PYROSCOPE_URL", "pyroscope_url", _url, ""),
     ("WARDROBE_LOG_LEVEL", "log_level", _str, "INFO"),
     ("GUNICORN_WORKERS", "gunicorn_workers", _int(1, 256), str(os.cpu_count() or 1)),
@@ -150,6 +156,8 @@ class Config:
     redis_pool_size: int
     redis_timeout: float
     memcached_servers: tuple[str, ...]
+    memcached_timeout: float
+    memcached_pool_size: int
     cache_local_ttl: float
     capsule_ttl: int
     openai_api_keys: tuple[str, ...]
@@ -158,6 +166,9 @@ class Config:
     openai_rpm: int
     openai_tpm: int
     openai_timeout: float
+    openai_connect_timeout: float
+    openai_max_wait: float
+    openai_headroom: float
     rembg_model: str
     u2net_home: Path
     image_max_side: int
@@ -179,6 +190,7 @@ class Config:
     sentry_dsn: str
     sentry_environment: str
     profile_hz: int
+    profile_keep_minutes: float
     pyroscope_url: str
     log_level: str
     gunicorn_workers: int
@@ -208,6 +220,24 @@ class Config:
     @property
     def metrics_dir(self) -> Path:
         return self.data_dir / "metrics"
+
+    def metrics_dir_for(self, role: str) -> Path:
+        return self.metrics_dir / role
+
+    def export_metrics_dir(self, role: str) -> str:
+        """Point prometheus_client's multiprocess mode at this role's directory, before it is imported.
+
+        Each role (api, worker-images, worker-ai) has its own, so one's start-up wipe never eats another's.
+        """
+        path = self.metrics_dir_for(role)
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+        return str(path)
+
+    @staticmethod
+    def exported_metrics_dir() -> str | None:
+        """The multiprocess metrics directory this process was started with, if any."""
+        return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
     def local_bot_token(self) -> str:
         """A development bot token kept under the data dir, so `make token` and the API agree."""

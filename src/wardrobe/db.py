@@ -112,7 +112,7 @@ class Pool:
             with self._lock:
                 self.waiting -= 1
         if self._observer is not None:
-            self._observer.acquired(time.monotonic() - started)
+            self._observer.acquired(time.monotonic() - started, self.in_use, self.waiting)
         if not got:
             raise PoolTimeout(f"no database connection free within {self._acquire_timeout:g}s")
         try:

@@ -182,6 +182,83 @@ def paths() -> dict[str, Any]:
                 requestBody={"content": {"application/json": {"schema": schemas.CAPSULE_REQUEST}}},
             ),
         },
+        "/api/v1/brands": {
+            "get": _op(
+                "Brand suggestions for an item",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "brands": {"type": "array", "items": {"type": "object"}},
+                                "source": {"enum": ["upstream", "cache", "stale", "catalogue"]},
+                            },
+                        }
+                    ),
+                    "400": _error("Query too short or too long"),
+                    "429": _error("Brand search rate limit"),
+                },
+                parameters=[
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 2, "maxLength": 64},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 20},
+                    },
+                ],
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics (operators: loopback or bearer token)",
+                {
+                    "200": {"description": "Text exposition format", "content": {"text/plain": {}}},
+                    "403": _error("Not an operator"),
+                },
+                auth=False,
+            )
+        },
+        "/debug/pprof/profile": {
+            "get": _op(
+                "Continuous profile (pprof protobuf, or folded text)",
+                {
+                    "200": {
+                        "description": "gzipped profile.proto or folded stacks",
+                        "content": {"application/octet-stream": {}},
+                    },
+                    "400": _error("Invalid parameter"),
+                    "403": _error("Not an operator"),
+                },
+                auth=False,
+                parameters=[
+                    {"name": "seconds", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "type", "in": "query", "schema": {"enum": ["cpu", "wall"]}},
+                    {"name": "format", "in": "query", "schema": {"enum": ["pprof", "folded"]}},
+                    {"name": "route", "in": "query", "schema": {"type": "string"}},
+                ],
+            )
+        },
+        "/debug/flamegraph": {
+            "get": _op(
+                "Flame graph of recent samples (HTML)",
+                {
+                    "200": {"description": "A self-contained HTML page", "content": {"text/html": {}}},
+                    "400": _error("Invalid parameter"),
+                    "403": _error("Not an operator"),
+                },
+                auth=False,
+                parameters=[
+                    {"name": "seconds", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "type", "in": "query", "schema": {"enum": ["cpu", "wall"]}},
+                    {"name": "route", "in": "query", "schema": {"type": "string"}},
+                ],
+            )
+        },
         "/api/v1/capsules/{capsule_id}": {
             "parameters": [_path_param("capsule_id")],
             "get": _op(

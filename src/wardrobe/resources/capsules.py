@@ -7,30 +7,42 @@ from typing import Any
 
 import falcon
 
-from .. import capsules, jobs
+from .. import capsules, jobs, pagination
 from ..capsules import Capsules
+from ..http_cache import not_modified
 from ..pagination import InvalidCursor
+from ..reads import WardrobeReads, etag_for
 from ..schemas import CAPSULE_REQUEST
 from . import json_body, page_limit
 
 
 class CapsuleCollection:
     def __init__(
-        self, capsules_: Capsules, after_commit: Callable[[list[dict[str, Any]], falcon.Request], None]
+        self,
+        capsules_: Capsules,
+        after_commit: Callable[[list[dict[str, Any]], falcon.Request], None],
+        reads: WardrobeReads,
+        limit: Callable[[falcon.Request, falcon.Response, str], None],
     ) -> None:
         self._capsules = capsules_
         self._after_commit = after_commit
+        self._reads = reads
+        self._limit = limit
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params = {"limit": page_limit(req), "cursor": req.get_param("cursor")}
         try:
-            rows, next_cursor = self._capsules.list(
-                req.context.user.id, limit=page_limit(req), cursor=req.get_param("cursor")
-            )
+            if params["cursor"]:
+                pagination.decode(params["cursor"])
+            user_id = req.context.user.id
+            version = self._reads.version(user_id)
+            if not not_modified(req, resp, etag_for(version, "capsules", params)):
+                resp.media = self._reads.capsule_page(user_id, version, params)
         except InvalidCursor as exc:
             raise falcon.HTTPBadRequest(title="Invalid cursor", description=str(exc)) from None
-        resp.media = {"items": [capsules.serialize(r) for r in rows], "next_cursor": next_cursor}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._limit(req, resp, "capsule")
         params = json_body(req, CAPSULE_REQUEST, optional=True)
         capsule, job = self._capsules.request(req.context.user.id, params, req.context.request_id)
         self._after_commit([job], req)

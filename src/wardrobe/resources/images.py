@@ -21,6 +21,7 @@ class ImageFiles:
             str(tag) == name.split(".")[0] or tag == "*" for tag in req.if_none_match
         ):
             resp.status = falcon.HTTP_304
+            resp.content_type = None
             return
         path = self._store.path(name)
         try:

@@ -7,10 +7,12 @@ from typing import Any
 
 import falcon
 
-from .. import images, items, jobs
+from .. import images, items, jobs, pagination
+from ..http_cache import not_modified
 from ..images import ImageStore
 from ..items import Items
 from ..pagination import InvalidCursor
+from ..reads import WardrobeReads, etag_for
 from ..schemas import CATEGORIES, ITEM_PATCH, SEASONS
 from . import choice_param, json_body, page_limit
 
@@ -28,7 +30,11 @@ class ItemCollection:
         max_image_pixels: int,
         offload: Callable[..., Any],
         after_commit: Callable[[list[dict[str, Any]], falcon.Request], None],
+        reads: WardrobeReads,
+        limit: Callable[[falcon.Request, falcon.Response, str], None],
     ) -> None:
+        self._reads = reads
+        self._limit = limit
         self._items = items_
         self._store = store
         self._max_bytes = max_upload_bytes
@@ -37,19 +43,24 @@ class ItemCollection:
         self._after_commit = after_commit
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params = {
+            "limit": page_limit(req),
+            "cursor": req.get_param("cursor"),
+            "category": choice_param(req, "category", CATEGORIES),
+            "season": choice_param(req, "season", SEASONS),
+        }
         try:
-            rows, next_cursor = self._items.list(
-                req.context.user.id,
-                limit=page_limit(req),
-                cursor=req.get_param("cursor"),
-                category=choice_param(req, "category", CATEGORIES),
-                season=choice_param(req, "season", SEASONS),
-            )
+            if params["cursor"]:
+                pagination.decode(params["cursor"])
+            user_id = req.context.user.id
+            version = self._reads.version(user_id)
+            if not not_modified(req, resp, etag_for(version, "items", params)):
+                resp.media = self._reads.item_page(user_id, version, params)
         except InvalidCursor as exc:
             raise falcon.HTTPBadRequest(title="Invalid cursor", description=str(exc)) from None
-        resp.media = {"items": [items.serialize(r) for r in rows], "next_cursor": next_cursor}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._limit(req, resp, "upload")
         if not (req.content_type or "").lower().startswith("multipart/form-data"):
             raise falcon.HTTPUnsupportedMediaType(
                 description="Send multipart/form-data with an 'image' part."
