@@ -9,7 +9,7 @@ export WARDROBE_U2NET_HOME ?= $(WARDROBE_DATA_DIR)/models
 .PHONY: help setup services run test lint format token migrate clean
 
 # Benchmark targets (bench, bench-sweep, bench-compare, bench-jobs, capacity) live beside the load test.
-include bench/bench.mk
+-include bench/bench.mk bench/micro.mk
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'

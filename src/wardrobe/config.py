@@ -202,7 +202,9 @@ class Config:
         values: dict[str, Any] = {}
         for name, field, parse, default in _SETTINGS:
             raw = environ.get(name)
-            raw = default if raw is None or (raw.strip() == "" and default) else raw
+            # A blank value means "the default", except for lists, where it means "none" (e.g. no memcached).
+            if raw is None or (raw.strip() == "" and parse is not _list):
+                raw = default
             try:
                 values[field] = parse(raw)
             except ValueError as exc:
