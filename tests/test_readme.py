@@ -1,7 +1,6 @@
 """The README's first screen and configuration table stay true to the code."""
 
 import re
-
 from pathlib import Path
 
 from wardrobe.config import documented_settings
