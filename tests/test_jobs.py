@@ -4,12 +4,14 @@ upload → cutout with a transparent background → analysis → ready, and noth
 import io
 import signal
 import time
+import urllib.request
 
 import falcon.testing
 import pytest
 from conftest import BOT_TOKEN, TEST_DSN, image_bytes, make_config, upload
 from PIL import Image, ImageDraw
-from processes import RedisServer, worker
+from processes import RedisServer, free_port, worker
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_server import FakeOpenAI
 from wardrobe.app import create_app
@@ -51,13 +53,31 @@ def stack(tmp_path_factory):
     from processes import ROOT
 
     env["WARDROBE_U2NET_HOME"] = str(ROOT / "var" / "models")
+    metrics_ports = {"images": free_port(), "ai": free_port()}
     procs = {
-        "images": worker("images", env, tmp / "images.log"),
-        "ai": worker("ai", env, tmp / "ai.log", "--no-periodic"),
+        "images": worker(
+            "images",
+            {**env, "WARDROBE_WORKER_METRICS_BIND": f"127.0.0.1:{metrics_ports['images']}"},
+            tmp / "images.log",
+        ),
+        "ai": worker(
+            "ai",
+            {**env, "WARDROBE_WORKER_METRICS_BIND": f"127.0.0.1:{metrics_ports['ai']}"},
+            tmp / "ai.log",
+            "--no-periodic",
+        ),
     }
     config = make_config(tmp, **{k: v for k, v in env.items() if k != "WARDROBE_DATA_DIR"})
     client = falcon.testing.TestClient(create_app(config))
-    state = {"tmp": tmp, "env": env, "procs": procs, "redis": redis, "fake": fake, "client": client}
+    state = {
+        "tmp": tmp,
+        "env": env,
+        "procs": procs,
+        "redis": redis,
+        "fake": fake,
+        "client": client,
+        "metrics_ports": metrics_ports,
+    }
     yield state
     for proc in state["procs"].values():
         proc.stop(signal.SIGINT)
@@ -119,7 +139,8 @@ def test_a_worker_killed_mid_job_does_not_lose_it(stack, user):
         stack["procs"]["ai"].stop(signal.SIGKILL)
     finally:
         fake.latency = 0.2
-    stack["procs"]["ai"] = worker("ai", stack["env"], stack["tmp"] / "ai2.log", "--no-periodic")
+    env = {**stack["env"], "WARDROBE_WORKER_METRICS_BIND": f"127.0.0.1:{stack['metrics_ports']['ai']}"}
+    stack["procs"]["ai"] = worker("ai", env, stack["tmp"] / "ai2.log", "--no-periodic")
     job = wait_job(client, user, job_id, timeout=60)
     assert job["state"] == "succeeded", (job, logs(stack))
     assert job["attempts"] >= 2  # the lease expired and the reaper sent it again
@@ -165,3 +186,33 @@ def test_capsule_for_an_empty_wardrobe_fails_with_a_reason(stack, user):
     resp = client.simulate_post("/api/v1/capsules", headers=user)
     job = wait_job(client, user, resp.json["job"]["id"])
     assert job["state"] == "failed" and "add at least" in job["error"]
+
+
+def test_workers_publish_job_queue_and_openai_metrics(stack, user):
+    client = stack["client"]
+    created = upload(client, user, image_bytes(size=(90, 90), color=(90, 30, 200))).json
+    assert wait_job(client, user, created["job"]["id"])["state"] == "succeeded"
+    time.sleep(1.5)  # the reaper refreshes the backlog gauges every interval
+
+    def scrape(queue):
+        port = stack["metrics_ports"][queue]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(resp.read().decode())
+                for s in f.samples
+            }
+
+    ai = scrape("ai")
+    succeeded = [
+        v
+        for (name, labels), v in ai.items()
+        if name == "wardrobe_jobs_total" and ("outcome", "succeeded") in labels
+    ]
+    assert sum(succeeded) >= 1
+    calls = [labels for (name, labels), v in ai.items() if name == "wardrobe_openai_requests_total" and v > 0]
+    assert calls and all(dict(lbl)["key_alias"].startswith("key-") for lbl in calls)
+    assert not any("sk-test" in str(k) for k in ai)  # aliases only, never the keys
+    images = scrape("images")
+    assert any(name == "wardrobe_queue_oldest_age_seconds" for name, _ in images)
+    assert any(name == "wardrobe_jobs_total" and ("outcome", "advanced") in labels for name, labels in images)
