@@ -83,3 +83,15 @@ def test_migrations_build_the_schema_from_empty():
     finally:
         admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
         admin.close()
+
+
+def test_a_user_row_wiped_behind_the_api_is_recreated_not_a_500(client, user):
+    from conftest import image_bytes, upload
+
+    assert client.simulate_get("/api/v1/me", headers=user).status_code == 200
+    user_id = client.simulate_get("/api/v1/me", headers=user).json["id"]
+    with psycopg2.connect(TEST_DSN) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM users WHERE id = %s", (user_id,))
+    first = upload(client, user, image_bytes())
+    assert first.status_code == 503 and first.headers["retry-after"] == "1"
+    assert upload(client, user, image_bytes()).status_code == 202

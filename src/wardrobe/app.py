@@ -223,7 +223,7 @@ def create_app(config: Config, services: Services | None = None) -> WardrobeApp:
     form = app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options
     form.max_body_part_buffer_size = 64 * 1024  # text fields only; the image is streamed with its own bound
     form.max_body_part_count = 8
-    errors.install(app)
+    errors.install(app, forget_user=services.users.forget)
 
     reads = WardrobeReads(
         services.users, services.items, services.capsules, services.cache, config.capsule_ttl

@@ -72,25 +72,17 @@ class Capsules:
         return self._pool.run(insert)
 
     def list(self, user_id: int, *, limit: int, cursor: str | None = None) -> tuple[list[dict], str | None]:
-        where, params = "user_id = %s", [user_id]
-        if cursor:
-            created_at, row_id = pagination.decode(cursor)
-            where += " AND (created_at, id) < (%s, %s::uuid)"
-            params += [created_at, row_id]
+        after, after_params = pagination.after(cursor)
 
         def select(cur: Any) -> list[dict]:
             cur.execute(
-                f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE {where} ORDER BY created_at DESC, id DESC LIMIT %s",
-                [*params, limit + 1],
+                f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE user_id = %s{after} "
+                "ORDER BY created_at DESC, id DESC LIMIT %s",
+                [user_id, *after_params, limit + 1],
             )
             return cur.fetchall()
 
-        rows = self._pool.run(select, transaction=False)
-        next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_cursor = pagination.encode(rows[-1]["created_at"], rows[-1]["id"])
-        return rows, next_cursor
+        return pagination.page(self._pool.run(select, transaction=False), limit)
 
     def get(self, user_id: int, capsule_id: str) -> tuple[dict, dict[str, dict]] | None:
         """The capsule and the items its outfits name (those still in the wardrobe)."""

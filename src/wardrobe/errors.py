@@ -6,6 +6,7 @@ import logging
 
 import falcon
 import psycopg2
+import psycopg2.errors
 
 from .db import DatabaseUnavailable, PoolTimeout
 from .images import ImageError
@@ -51,11 +52,26 @@ def _unexpected(req, resp, exc, params):
     raise falcon.HTTPInternalServerError(description="Something went wrong on our side; it has been logged.")
 
 
-def install(app: falcon.App) -> None:
+def _forgetting_users(forget):
+    def handler(req, resp, exc, params):
+        # The user's row vanished after this process cached "known" (an account wiped by an operator):
+        # forget it, so the retry recreates the row instead of failing again.
+        user = getattr(req.context, "user", None)
+        if user is not None:
+            forget(user.id)
+        log.warning("foreign key violation on %s: %s", req.path, exc)
+        raise ServiceUnavailable("Your account is being set up again; retry.", retry_after=1)
+
+    return handler
+
+
+def install(app: falcon.App, forget_user=None) -> None:
     # Falcon picks the most specific handler by exception class, so the generic one can go first.
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(PoolTimeout, _pool_timeout)
     app.add_error_handler(DatabaseUnavailable, _database_down)
     app.add_error_handler(psycopg2.OperationalError, _query_canceled)
     app.add_error_handler(psycopg2.DataError, _bad_value)
+    if forget_user is not None:
+        app.add_error_handler(psycopg2.errors.ForeignKeyViolation, _forgetting_users(forget_user))
     app.add_error_handler(ImageError, _image_error)

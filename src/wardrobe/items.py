@@ -91,34 +91,23 @@ class Items:
         category: str | None = None,
         season: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        where = ["user_id = %s"]
-        params: list[Any] = [user_id]
+        where, params = "user_id = %s", [user_id]
         if category:
-            where.append("category = %s")
+            where += " AND category = %s"
             params.append(category)
         if season:
-            where.append("season = %s")
+            where += " AND season = %s"
             params.append(season)
-        if cursor:
-            created_at, row_id = pagination.decode(cursor)
-            where.append("(created_at, id) < (%s, %s::uuid)")
-            params += [created_at, row_id]
-        params.append(limit + 1)
+        after, after_params = pagination.after(cursor)
 
         def select(cur: Any) -> list[dict[str, Any]]:
             cur.execute(
-                f"SELECT {ITEM_COLUMNS} FROM items WHERE {' AND '.join(where)} "
-                "ORDER BY created_at DESC, id DESC LIMIT %s",
-                params,
+                f"SELECT {ITEM_COLUMNS} FROM items WHERE {where}{after} ORDER BY created_at DESC, id DESC LIMIT %s",
+                [*params, *after_params, limit + 1],
             )
             return cur.fetchall()
 
-        rows = self._pool.run(select, transaction=False)
-        next_cursor = None
-        if len(rows) > limit:
-            rows = rows[:limit]
-            next_cursor = pagination.encode(rows[-1]["created_at"], rows[-1]["id"])
-        return rows, next_cursor
+        return pagination.page(self._pool.run(select, transaction=False), limit)
 
     def get(self, user_id: int, item_id: str) -> dict[str, Any] | None:
         item_id = jobs.parse_id(item_id)

@@ -29,3 +29,19 @@ def decode(cursor: str) -> tuple[dt.datetime, str]:
         return when, str(uuid.UUID(row_id))
     except (ValueError, TypeError, UnicodeDecodeError):
         raise InvalidCursor("cursor is not one this API issued") from None
+
+
+def after(cursor: str | None) -> tuple[str, list]:
+    """The SQL condition (and its parameters) for rows after `cursor` in newest-first order."""
+    if not cursor:
+        return "", []
+    created_at, row_id = decode(cursor)
+    return " AND (created_at, id) < (%s, %s::uuid)", [created_at, row_id]
+
+
+def page(rows: list, limit: int) -> tuple[list, str | None]:
+    """Rows fetched with LIMIT limit+1 → the page and the cursor of the next one (None on the last page)."""
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode(rows[-1]["created_at"], rows[-1]["id"])

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
-from . import capsules, items
+import falcon
+
+from . import capsules, items, pagination
 from .cache import MISSING
 from .capsules import Capsules
+from .http_cache import not_modified
 from .items import Items
 from .users import Users
+
+ITEM_PAGE_TTL = 3600  # correctness comes from the version; the TTL only returns memory
 
 
 def etag_for(version: int, kind: str, params: dict[str, Any]) -> str:
@@ -31,30 +37,31 @@ class WardrobeReads:
         self, users: Users, items_: Items, capsules_: Capsules, cache: Any, capsule_ttl: int
     ) -> None:
         self._users = users
-        self._items = items_
-        self._capsules = capsules_
         self._cache = cache
-        self._capsule_ttl = capsule_ttl
+        # kind -> (load rows and next cursor, serialize one row, TTL)
+        self._kinds: dict[str, tuple[Callable[..., Any], Callable[[Any], dict], int]] = {
+            "items": (items_.list, items.serialize, ITEM_PAGE_TTL),
+            "capsules": (capsules_.list, capsules.serialize, capsule_ttl),
+        }
 
-    def version(self, user_id: int) -> int:
-        return self._users.version(user_id)
+    def respond(self, req: falcon.Request, resp: falcon.Response, kind: str, params: dict[str, Any]) -> None:
+        """Answer a list GET: a 304 when the client's copy is current (one primary-key read), else the page."""
+        if params.get("cursor"):
+            try:
+                pagination.decode(params["cursor"])
+            except pagination.InvalidCursor as exc:
+                raise falcon.HTTPBadRequest(title="Invalid cursor", description=str(exc)) from None
+        user_id = req.context.user.id
+        version = self._users.version(user_id)
+        if not not_modified(req, resp, etag_for(version, kind, params)):
+            resp.media = self.page(kind, user_id, version, params)
 
-    def item_page(self, user_id: int, version: int, params: dict[str, Any]) -> dict[str, Any]:
-        key = self._cache.key("items", user_id, version, params)
-        page = self._cache.get(key, "items", local=True)
-        if page is not MISSING:
-            return page
-        rows, next_cursor = self._items.list(user_id, **params)
-        page = {"items": [items.serialize(r) for r in rows], "next_cursor": next_cursor}
-        self._cache.set(key, page, 3600, "items", local=True)
-        return page
-
-    def capsule_page(self, user_id: int, version: int, params: dict[str, Any]) -> dict[str, Any]:
-        key = self._cache.key("capsules", user_id, version, params)
-        page = self._cache.get(key, "capsules", local=True)
-        if page is not MISSING:
-            return page
-        rows, next_cursor = self._capsules.list(user_id, **params)
-        page = {"items": [capsules.serialize(r) for r in rows], "next_cursor": next_cursor}
-        self._cache.set(key, page, self._capsule_ttl, "capsules", local=True)
+    def page(self, kind: str, user_id: int, version: int, params: dict[str, Any]) -> dict[str, Any]:
+        load, serialize, ttl = self._kinds[kind]
+        key = self._cache.key(kind, user_id, version, params)
+        page = self._cache.get(key, kind, local=True)
+        if page is MISSING:
+            rows, next_cursor = load(user_id, **params)
+            page = {"items": [serialize(r) for r in rows], "next_cursor": next_cursor}
+            self._cache.set(key, page, ttl, kind, local=True)
         return page

@@ -7,11 +7,9 @@ from typing import Any
 
 import falcon
 
-from .. import capsules, jobs, pagination
+from .. import capsules, jobs
 from ..capsules import Capsules
-from ..http_cache import not_modified
-from ..pagination import InvalidCursor
-from ..reads import WardrobeReads, etag_for
+from ..reads import WardrobeReads
 from ..schemas import CAPSULE_REQUEST
 from . import json_body, page_limit
 
@@ -30,16 +28,9 @@ class CapsuleCollection:
         self._limit = limit
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        params = {"limit": page_limit(req), "cursor": req.get_param("cursor")}
-        try:
-            if params["cursor"]:
-                pagination.decode(params["cursor"])
-            user_id = req.context.user.id
-            version = self._reads.version(user_id)
-            if not not_modified(req, resp, etag_for(version, "capsules", params)):
-                resp.media = self._reads.capsule_page(user_id, version, params)
-        except InvalidCursor as exc:
-            raise falcon.HTTPBadRequest(title="Invalid cursor", description=str(exc)) from None
+        self._reads.respond(
+            req, resp, "capsules", {"limit": page_limit(req), "cursor": req.get_param("cursor")}
+        )
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._limit(req, resp, "capsule")

@@ -7,12 +7,10 @@ from typing import Any
 
 import falcon
 
-from .. import images, items, jobs, pagination
-from ..http_cache import not_modified
+from .. import images, items, jobs
 from ..images import ImageStore
 from ..items import Items
-from ..pagination import InvalidCursor
-from ..reads import WardrobeReads, etag_for
+from ..reads import WardrobeReads
 from ..schemas import CATEGORIES, ITEM_PATCH, SEASONS
 from . import choice_param, json_body, page_limit
 
@@ -49,15 +47,7 @@ class ItemCollection:
             "category": choice_param(req, "category", CATEGORIES),
             "season": choice_param(req, "season", SEASONS),
         }
-        try:
-            if params["cursor"]:
-                pagination.decode(params["cursor"])
-            user_id = req.context.user.id
-            version = self._reads.version(user_id)
-            if not not_modified(req, resp, etag_for(version, "items", params)):
-                resp.media = self._reads.item_page(user_id, version, params)
-        except InvalidCursor as exc:
-            raise falcon.HTTPBadRequest(title="Invalid cursor", description=str(exc)) from None
+        self._reads.respond(req, resp, "items", params)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._limit(req, resp, "upload")
