@@ -229,9 +229,11 @@ class Config:
     def export_metrics_dir(self, role: str) -> str:
         """Point prometheus_client's multiprocess mode at this role's directory, before it is imported.
 
-        Each role (api, worker-images, worker-ai) has its own, so one's start-up wipe never eats another's.
+        Each role (api, worker-images, worker-ai) has its own, so one's start-up wipe never eats another's; a
+        directory already given in PROMETHEUS_MULTIPROC_DIR (the systemd unit's) is kept.
         """
-        path = self.metrics_dir_for(role)
+        preset = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # e.g. systemd's RuntimeDirectory wins
+        path = Path(preset) if preset else self.metrics_dir_for(role)
         path.mkdir(parents=True, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
         return str(path)
