@@ -16,6 +16,7 @@ from pathlib import Path
 import falcon
 import falcon.testing
 import gevent
+import gevent.event
 import pytest
 import requests
 
@@ -27,6 +28,7 @@ from wardrobe.profiling import (
     Profiler,
     ProfilingMiddleware,
     PyroscopePusher,
+    folded,
     task_context,
 )
 from wardrobe.profiling import pprof as pprof_encoder
@@ -180,6 +182,31 @@ def test_pprof_of_a_parked_greenlet_is_well_formed_and_labelled() -> None:
     assert any(name.endswith("slow_handler") for name in slow[0]["leaf_first"][1:])
     handler = next(f for f in decoded["functions"].values() if f["name"].endswith("slow_handler"))
     assert handler["filename"].endswith("test_profiling.py") and handler["start_line"] > 0
+
+
+def test_many_parked_greenlets_are_subsampled_without_bias() -> None:
+    registry = ActivityRegistry()
+    profiler = Profiler(hz=100, window_seconds=60, registry=registry, wall_sample=8)
+    release = gevent.event.Event()
+
+    def parked(route: str) -> None:
+        with registry.context((("method", "GET"), ("route", route))):
+            release.wait()
+
+    glets = [gevent.spawn(parked, "/a" if i % 4 else "/b") for i in range(200)]
+    gevent.sleep(0.01)
+    try:
+        for _ in range(50):
+            profiler.sample()
+            time.sleep(0.01)
+    finally:
+        release.set()
+        gevent.joinall(glets)
+    total = sum(folded_lines(folded.render(profiler.profile("wall", 60))).values())
+    on_b = sum(folded_lines(folded.render(profiler.profile("wall", 60, route="/b"))).values())
+    # Each tick walks 8 stacks but accounts for all 200 greenlets; /b is a quarter of them.
+    assert 200 * 45 <= total <= 200 * 55
+    assert 0.15 <= on_b / total <= 0.35
 
 
 def test_plain_threads_are_profiled_by_task_and_by_thread() -> None:

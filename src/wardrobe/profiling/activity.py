@@ -60,9 +60,11 @@ class ActivityRegistry:
     def snapshot(self) -> list[tuple[Any, Activity]]:
         """A consistent copy for the sampler; entries of greenlets that died untagged are dropped."""
         entries = list(self._current.copy().items())
-        for glet, _ in entries:
-            if glet.dead:
-                self._current.pop(glet, None)
+        dead = [glet for glet, _ in entries if glet.dead]
+        if not dead:
+            return entries
+        for glet in dead:
+            self._current.pop(glet, None)
         return [(glet, activity) for glet, activity in entries if not glet.dead]
 
 

@@ -7,6 +7,7 @@ gevent hub costs nothing). wall: the stack of every tagged request greenlet or t
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -37,12 +38,16 @@ class Profiler:
         max_stacks_per_window: int = 5000,
         monotonic: Callable[[], float] = time.monotonic,
         thread_cpu_ns: Callable[[int], int | None] | None = None,
+        wall_sample: int = 16,
+        rng: random.Random | None = None,
     ) -> None:
         if not 1 <= hz <= 1000:
             raise ValueError("hz must be between 1 and 1000")
         self.hz = hz
         self.period = 1.0 / hz
         self.tags: Tags = tuple(sorted((tags or {}).items()))
+        self.wall_sample = wall_sample  # greenlet stacks walked per tick at most
+        self._rng = rng or random.Random()
         self._clock = clock
         self._monotonic = monotonic
         self._registry = registry
@@ -115,21 +120,26 @@ class Profiler:
         self.ticks += 1
 
         own = os_threads.OWN_THREADS
-        running_tags: dict[int, Tags] = {}
-        wall_stacks: list[tuple[Tags, Stack]] = []
-        for glet, activity in activities:
-            frame = glet.gr_frame
-            if frame is None:
-                # A started greenlet without a saved frame is the one executing on its thread right now.
-                frame = frames.get(activity.thread_ident)
-                running_tags[activity.thread_ident] = activity.tags
-            if frame is not None:
-                wall_stacks.append((activity.tags, self._stack(frame)))
+        # A started greenlet without a saved frame is the one executing on its thread right now.
+        running_tags: dict[int, Tags] = {
+            activity.thread_ident: activity.tags for glet, activity in activities if glet.gr_frame is None
+        }
 
         wall_count = self._due_wall_samples()
-        if wall_count:
-            for tags, stack in wall_stacks:
-                window.add("wall", tags, stack, wall_count)
+        if wall_count and activities:
+            # Walking every in-flight greenlet's stack at 100 Hz costs more than the requests themselves once
+            # there are hundreds of them: walk a random subset and let each stand for its share of the rest,
+            # so the totals stay unbiased (sum = in-flight count x ticks) at a bounded cost per tick.
+            chosen = (
+                activities
+                if len(activities) <= self.wall_sample
+                else self._rng.sample(activities, self.wall_sample)
+            )
+            base, extra = divmod(wall_count * len(activities), len(chosen))
+            for n, (glet, activity) in enumerate(chosen):
+                frame = glet.gr_frame or frames.get(activity.thread_ident)
+                if frame is not None:
+                    window.add("wall", activity.tags, self._stack(frame), base + (1 if n < extra else 0))
 
         for ident, frame in frames.items():
             if ident in own:
