@@ -129,9 +129,10 @@ class Captured(sentry_sdk.transport.Transport):
 
 def test_sentry_receives_5xx_with_tags_but_never_4xx(tmp_path, user):
     Captured.events.clear()
-    observability.init_sentry("http://public@127.0.0.1:9/1", "test", "api", transport=Captured)
+    dsn = "http://public@127.0.0.1:9/1"
+    observability.init_sentry(dsn, "test", "api", transport=Captured)
     try:
-        app = create_app(make_config(tmp_path))
+        app = create_app(make_config(tmp_path, WARDROBE_SENTRY_DSN=dsn))
 
         class Broken:
             def on_get(self, req, resp):

@@ -208,17 +208,15 @@ def create_app(config: Config, services: Services | None = None) -> WardrobeApp:
     Image.MAX_IMAGE_PIXELS = config.max_image_pixels
 
     validator = InitDataValidator(config.telegram_bot_token, config.init_data_max_age)
-    app = WardrobeApp(
-        middleware=[
-            middleware.RequestId(),
-            metrics.MetricsMiddleware(),
-            ProfilingMiddleware(),
-            middleware.TelegramAuth(validator, services.users),
-            observability.SentryTags(),
-            JsonValidators(),
-        ],
-        cors_enable=False,
-    )
+    stack = [
+        middleware.RequestId(),
+        metrics.MetricsMiddleware(),
+        *([ProfilingMiddleware()] if services.profiler is not None else []),
+        middleware.TelegramAuth(validator, services.users),
+        *([observability.SentryTags()] if config.sentry_dsn else []),
+        JsonValidators(),
+    ]
+    app = WardrobeApp(middleware=stack, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     form = app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options
     form.max_body_part_buffer_size = 64 * 1024  # text fields only; the image is streamed with its own bound
