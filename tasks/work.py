@@ -140,6 +140,7 @@ def build_analyzer(config: Config, redis_client: Any) -> Any:
         rpm=config.openai_rpm,
         tpm=config.openai_tpm,
         headroom=config.openai_headroom,
+        window=config.openai_window,
     )
     from wardrobe import observability
 

@@ -105,8 +105,9 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("WARDROBE_OPENAI_TPM", "openai_tpm", _int(1), "200000"),
     ("WARDROBE_OPENAI_TIMEOUT", "openai_timeout", _float(0.1), "30"),
     ("WARDROBE_OPENAI_CONNECT_TIMEOUT", "openai_connect_timeout", _float(0.1), "5"),
-    ("WARDROBE_OPENAI_MAX_WAIT", "openai_max_wait", _float(0.0), "2"),
+    ("WARDROBE_OPENAI_MAX_WAIT", "openai_max_wait", _float(0.0), "10"),
     ("WARDROBE_OPENAI_HEADROOM", "openai_headroom", _float(0.0), "0.1"),
+    ("WARDROBE_OPENAI_WINDOW", "openai_window", _float(0.1), "60"),
     ("WARDROBE_REMBG_MODEL", "rembg_model", _str, "u2netp"),
     ("WARDROBE_U2NET_HOME", "u2net_home", _path, "var/models"),
     ("WARDROBE_IMAGE_MAX_SIDE", "image_max_side", _int(64, 8192), "1024"),
@@ -169,6 +170,7 @@ class Config:
     openai_connect_timeout: float
     openai_max_wait: float
     openai_headroom: float
+    openai_window: float
     rembg_model: str
     u2net_home: Path
     image_max_side: int

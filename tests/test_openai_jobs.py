@@ -1,0 +1,127 @@
+"""A backlog of analyses through the real ai consumer against an OpenAI-compatible fake that enforces its limits:
+the shared key budget is used to the full but never exceeded, and when OpenAI is stricter than configured, each key
+cools down after its 429 and every job still completes."""
+
+import io
+import itertools
+import time
+
+import psycopg2
+import pytest
+from conftest import BOT_TOKEN, TEST_DSN
+from PIL import Image
+from processes import ROOT, RedisServer, worker
+
+from tasks import queue, work
+from tasks.dispatch import Dispatcher
+from tests.fakes.openai_server import FakeOpenAI
+from wardrobe.db import Pool
+from wardrobe.images import ImageStore
+from wardrobe.jobs import Jobs
+from wardrobe.redis_client import connect
+
+pytestmark = pytest.mark.slow
+KEYS = ["sk-burst-key-one", "sk-burst-key-two"]
+WINDOW = 4.0  # a minute, shrunk: the limits are per 4 s here
+
+
+def backlog(store: ImageStore, user_id: int, count: int) -> list[str]:
+    """`count` items whose cutout is done, each with its job waiting for the analysis stage."""
+    out = io.BytesIO()
+    Image.new("RGBA", (64, 64), (180, 20, 20, 255)).save(out, "PNG")
+    key = store.put(out.getvalue(), "png")
+    with psycopg2.connect(TEST_DSN) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO users (id) VALUES (%s) ON CONFLICT DO NOTHING", (user_id,))
+        cur.execute(
+            """
+            WITH new_items AS (
+                INSERT INTO items (user_id, image_key, cutout_key)
+                SELECT %s, %s, %s FROM generate_series(1, %s) RETURNING id
+            )
+            INSERT INTO jobs (user_id, kind, stage, item_id, max_attempts)
+            SELECT %s, 'process_item', 'analyze', id, 5 FROM new_items RETURNING id
+            """,
+            (user_id, key, key, count, user_id),
+        )
+        return [str(r[0]) for r in cur.fetchall()]
+
+
+def run_backlog(tmp_path, fake: FakeOpenAI, configured_rpm: int, count: int, user_id: int):
+    redis = RedisServer(tmp_path / "redis.log").start()
+    env = {
+        "WARDROBE_DATABASE_URL": TEST_DSN,
+        "WARDROBE_DATA_DIR": str(tmp_path / "data"),
+        "WARDROBE_TELEGRAM_BOT_TOKEN": BOT_TOKEN,
+        "WARDROBE_REDIS_URL": redis.url,
+        "WARDROBE_U2NET_HOME": str(ROOT / "var" / "models"),
+        "WARDROBE_OPENAI_API_KEYS": ",".join(KEYS),
+        "WARDROBE_OPENAI_BASE_URL": fake.url,
+        "WARDROBE_OPENAI_RPM": str(configured_rpm),
+        "WARDROBE_OPENAI_WINDOW": str(WINDOW),
+        "WARDROBE_OPENAI_HEADROOM": "0.05",
+        "WARDROBE_OPENAI_MAX_WAIT": "10",
+        "WARDROBE_REAPER_INTERVAL": "1",
+        "WARDROBE_PROFILE_HZ": "0",
+    }
+    ids = backlog(ImageStore(tmp_path / "data" / "images"), user_id, count)
+    ai = worker("ai", env, tmp_path / "ai.log")
+    pool = Pool(TEST_DSN, size=1)
+    try:
+        client = connect(redis.url)
+        Dispatcher(work.register(queue.build(client)), Jobs(pool)).send(
+            [{"id": i, "stage": "analyze"} for i in ids]
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            states = pool.run(
+                lambda cur: (
+                    cur.execute(
+                        "SELECT state, count(*) AS n FROM jobs WHERE id = ANY(%s::uuid[]) GROUP BY state",
+                        (ids,),
+                    ),
+                    {r["state"]: r["n"] for r in cur.fetchall()},
+                )[1]
+            )
+            if states.get("succeeded", 0) + states.get("failed", 0) == count:
+                break
+            time.sleep(0.2)
+        return states, ai.output()
+    finally:
+        ai.stop()
+        pool.close()
+        redis.stop()
+
+
+def test_a_backlog_uses_the_shared_budget_fully_without_a_single_429(tmp_path):
+    fake = FakeOpenAI(keys=KEYS, rpm=10, window=WINDOW, latency=0.05).start()
+    try:
+        states, log = run_backlog(tmp_path, fake, configured_rpm=10, count=40, user_id=880_000_001)
+        assert states == {"succeeded": 40}, log[-3000:]
+        assert fake.rate_limited == 0
+        # Steady state, after the initial burst allowance: requests per second across both keys.
+        times = sorted(r.at for r in fake.requests)
+        steady = times[len(times) // 4 :]
+        rate = (len(steady) - 1) / (steady[-1] - steady[0])
+        limit = 2 * 10 / WINDOW
+        print(f"steady rate {rate:.2f} req/s against a limit of {limit:.2f}")
+        assert rate >= 0.9 * limit, f"{rate:.2f} req/s against a limit of {limit:.2f}"
+        assert rate <= 1.05 * limit
+    finally:
+        fake.stop()
+
+
+def test_a_stricter_openai_gets_each_key_cooled_down_and_every_job_done(tmp_path):
+    fake = FakeOpenAI(keys=KEYS, rpm=6, window=WINDOW, latency=0.05).start()  # configured 10, enforced 6
+    try:
+        states, log = run_backlog(tmp_path, fake, configured_rpm=10, count=24, user_id=880_000_002)
+        assert states == {"succeeded": 24}, log[-3000:]
+        assert fake.rate_limited > 0
+        # After a 429 a key rests for the hinted time: its next request waits for the window to free up.
+        for key in KEYS:
+            mine = [r for r in fake.requests if r.key == key]
+            for limited, following in itertools.pairwise(mine):
+                if limited.status == 429:
+                    assert following.at - limited.at >= 0.2
+        assert sum(1 for r in fake.requests if r.status == 429) < 12  # cooled down, not hammering
+    finally:
+        fake.stop()
