@@ -5,6 +5,7 @@ The sampler reads this from its own OS thread to tag stacks; the web and task co
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,13 @@ Tags = tuple[tuple[str, str], ...]
 class Activity:
     tags: Tags
     thread_ident: int
+    root: Any = None  # the bottom frame of the tagged greenlet's stack: finds the tags of a running stack
+
+
+def _root(frame: Any) -> Any:
+    while frame.f_back is not None:
+        frame = frame.f_back
+    return frame
 
 
 class ActivityRegistry:
@@ -33,21 +41,67 @@ class ActivityRegistry:
 
     def __init__(self) -> None:
         self._current: dict[Any, Activity] = {}
+        self._by_root: dict[Any, Activity] = {}
+        self._slots: list[Any] = []
+        self._index: dict[Any, int] = {}
 
     def enter(self, tags: Tags) -> Activity | None:
         """Tag the calling greenlet; returns the activity it replaced so `leave` can restore it."""
         current = greenlet.getcurrent()
         previous = self._current.get(current)
         # Sorted so the same tags always make the same aggregation key.
-        self._current[current] = Activity(tags=tuple(sorted(tags)), thread_ident=os_threads.get_ident())
+        activity = Activity(
+            tags=tuple(sorted(tags)), thread_ident=os_threads.get_ident(), root=_root(sys._getframe(1))
+        )
+        if current not in self._current:
+            self._index[current] = len(self._slots)
+            self._slots.append(current)
+        self._current[current] = activity
+        self._by_root[activity.root] = activity
         return previous
 
     def leave(self, previous: Activity | None) -> None:
         current = greenlet.getcurrent()
+        activity = self._current.get(current)
         if previous is None:
-            self._current.pop(current, None)
+            self._forget(current, activity)
         else:
             self._current[current] = previous
+            self._by_root[previous.root] = previous
+
+    def _forget(self, glet: Any, activity: Activity | None) -> None:
+        self._current.pop(glet, None)
+        if activity is not None:
+            self._by_root.pop(activity.root, None)
+        index = self._index.pop(glet, None)
+        if index is not None:
+            # Swap-remove keeps `_slots` dense, so the sampler can pick entries at random in O(1).
+            last = self._slots.pop()
+            if last is not glet:
+                self._slots[index] = last
+                self._index[last] = index
+
+    def sample(self, k: int, rng: Any) -> tuple[int, list[tuple[Any, Activity]]]:
+        """(how many are tagged, up to `k` of them picked at random): O(k) whatever the number in flight.
+
+        Runs on the sampler thread while greenlets come and go: an entry that left meanwhile is skipped."""
+        slots = self._slots
+        total = len(slots)
+        picks = range(total) if total <= k else rng.sample(range(total), k)
+        chosen = []
+        for i in picks:
+            try:
+                glet = slots[i]
+            except IndexError:
+                continue
+            activity = self._current.get(glet)
+            if activity is not None and not glet.dead:
+                chosen.append((glet, activity))
+        return total, chosen
+
+    def running(self, frame: Any) -> Activity | None:
+        """The activity whose stack `frame` (a thread's executing frame) belongs to, if it is tagged."""
+        return self._by_root.get(_root(frame))
 
     @contextmanager
     def context(self, tags: Tags) -> Iterator[None]:
@@ -58,14 +112,14 @@ class ActivityRegistry:
             self.leave(previous)
 
     def snapshot(self) -> list[tuple[Any, Activity]]:
-        """A consistent copy for the sampler; entries of greenlets that died untagged are dropped."""
-        entries = list(self._current.copy().items())
-        dead = [glet for glet, _ in entries if glet.dead]
-        if not dead:
-            return entries
-        for glet in dead:
-            self._current.pop(glet, None)
-        return [(glet, activity) for glet, activity in entries if not glet.dead]
+        """Every tagged greenlet and its activity (a copy)."""
+        return list(self._current.copy().items())
+
+    def purge_dead(self) -> None:
+        """Drop greenlets that died while tagged (the middleware normally untags them first)."""
+        for glet, activity in list(self._current.items()):
+            if glet.dead:
+                self._forget(glet, activity)
 
 
 # One registry per process: the middleware, the task wrapper and the profiler must agree on it.

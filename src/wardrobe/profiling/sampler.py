@@ -38,7 +38,8 @@ class Profiler:
         max_stacks_per_window: int = 5000,
         monotonic: Callable[[], float] = time.monotonic,
         thread_cpu_ns: Callable[[int], int | None] | None = None,
-        wall_sample: int = 16,
+        wall_sample: int = 8,
+        wall_every: int = 4,
         rng: random.Random | None = None,
     ) -> None:
         if not 1 <= hz <= 1000:
@@ -47,6 +48,7 @@ class Profiler:
         self.period = 1.0 / hz
         self.tags: Tags = tuple(sorted((tags or {}).items()))
         self.wall_sample = wall_sample  # greenlet stacks walked per tick at most
+        self.wall_every = wall_every
         self._rng = rng or random.Random()
         self._clock = clock
         self._monotonic = monotonic
@@ -56,6 +58,7 @@ class Profiler:
         keep = max(int(keep_minutes * 60 // window_seconds), 1)
         self.store = WindowStore(window_seconds, keep, hz, max_stacks_per_window)
         self._names: dict[CodeType, tuple[str, str, int]] = {}
+        self._lines: dict[tuple[CodeType, int], Frame] = {}
         self._cpu_seen: dict[int, int] = {}
         self._cpu_credit: dict[int, int] = {}
         self._wall_credit = 0.0
@@ -112,7 +115,6 @@ class Profiler:
     def sample(self) -> None:
         """Take one tick: called by the sampler thread, and directly by tests."""
         frames = sys._current_frames()
-        activities = self._registry.snapshot()
         now = self._clock()
         window, finished = self.store.window_for(now)
         if finished is not None:
@@ -120,33 +122,32 @@ class Profiler:
         self.ticks += 1
 
         own = os_threads.OWN_THREADS
-        # A started greenlet without a saved frame is the one executing on its thread right now.
-        running_tags: dict[int, Tags] = {
-            activity.thread_ident: activity.tags for glet, activity in activities if glet.gr_frame is None
-        }
 
-        wall_count = self._due_wall_samples()
-        if wall_count and activities:
+        # Wall stacks are walked every `wall_every` ticks (the due count carries the skipped ticks' weight):
+        # parked greenlets' frames are cold in the CPU caches, so touching them is what a tick costs.
+        wall_count = self._due_wall_samples() if self.ticks % self.wall_every == 0 else 0
+        if wall_count:
             # Walking every in-flight greenlet's stack at 100 Hz costs more than the requests themselves once
-            # there are hundreds of them: walk a random subset and let each stand for its share of the rest,
-            # so the totals stay unbiased (sum = in-flight count x ticks) at a bounded cost per tick.
-            chosen = (
-                activities
-                if len(activities) <= self.wall_sample
-                else self._rng.sample(activities, self.wall_sample)
-            )
-            base, extra = divmod(wall_count * len(activities), len(chosen))
-            for n, (glet, activity) in enumerate(chosen):
-                frame = glet.gr_frame or frames.get(activity.thread_ident)
-                if frame is not None:
-                    window.add("wall", activity.tags, self._stack(frame), base + (1 if n < extra else 0))
+            # there are hundreds of them: walk a random few and let each stand for its share of the rest, so
+            # the totals stay unbiased (sum = in-flight count x ticks) at a bounded cost per tick.
+            total, chosen = self._registry.sample(self.wall_sample, self._rng)
+            if chosen:
+                base, extra = divmod(wall_count * total, len(chosen))
+                for n, (glet, activity) in enumerate(chosen):
+                    # A started greenlet without a saved frame is the one executing on its thread right now.
+                    frame = glet.gr_frame or frames.get(activity.thread_ident)
+                    if frame is not None:
+                        window.add("wall", activity.tags, self._stack(frame), base + (1 if n < extra else 0))
+        if self.ticks % 1000 == 0:
+            self._registry.purge_dead()
 
         for ident, frame in frames.items():
             if ident in own:
                 continue
             cpu_count = self._due_cpu_samples(ident)
             if cpu_count:
-                tags = running_tags.get(ident) or (("thread", str(ident)),)
+                running = self._registry.running(frame)
+                tags = running.tags if running is not None else (("thread", str(ident)),)
                 window.add("cpu", tags, self._stack(frame), cpu_count)
         for ident in [ident for ident in self._cpu_seen if ident not in frames]:
             self._cpu_seen.pop(ident, None)
@@ -177,15 +178,28 @@ class Profiler:
     def _stack(self, frame: FrameType | None) -> Stack:
         leaf_first: list[Frame] = []
         names = self._names
+        lines = self._lines
         while frame is not None and len(leaf_first) < MAX_DEPTH:
             code = frame.f_code
-            info = names.get(code)
-            if info is None:
-                if len(names) > 50_000:
-                    names.clear()
-                module = frame.f_globals.get("__name__", "?")
-                info = names[code] = (f"{module}.{code.co_qualname}", code.co_filename, code.co_firstlineno)
-            leaf_first.append(Frame(info[0], info[1], info[2], frame.f_lineno or 0))
+            # f_lineno decodes the line table on every access; (code, instruction offset) -> Frame is a dict hit.
+            where = (code, frame.f_lasti)
+            entry = lines.get(where)
+            if entry is None:
+                info = names.get(code)
+                if info is None:
+                    if len(names) > 50_000:
+                        names.clear()
+                        lines.clear()
+                    module = frame.f_globals.get("__name__", "?")
+                    info = names[code] = (
+                        f"{module}.{code.co_qualname}",
+                        code.co_filename,
+                        code.co_firstlineno,
+                    )
+                if len(lines) > 200_000:
+                    lines.clear()
+                entry = lines[where] = Frame(info[0], info[1], info[2], frame.f_lineno or 0)
+            leaf_first.append(entry)
             frame = frame.f_back
         if frame is not None:
             leaf_first.append(TRUNCATED)
