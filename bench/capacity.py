@@ -1,0 +1,202 @@
+"""`make capacity USERS=1000,10000,100000`: fleet size and monthly cost from the latest measurements.
+
+Inputs: users per box (latest sweep, else the latest passing load run), images/s per worker box (latest
+bench-jobs), the measured upload and capsule rates per user, prices and model parameters in bench/prices.toml.
+Printed as Markdown next to the original plan's estimate and written to bench/results/capacity.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PRICES = ROOT / "bench" / "prices.toml"
+
+
+def latest(results: Path, kinds: tuple[str, ...], accept=lambda r: True) -> dict[str, Any] | None:
+    """The newest results file (by its own start time) of one of `kinds` that `accept` takes."""
+    found = []
+    for path in results.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("kind") in kinds and accept(data):
+            found.append((data.get("started_at", ""), path.name, data))
+    return max(found)[2] if found else None
+
+
+def measurements(results: Path) -> dict[str, Any]:
+    sweep = latest(
+        results,
+        ("sweep", "compare"),
+        lambda r: r.get("target", "wardrobe") == "wardrobe" or r.get("kind") == "compare",
+    )
+    load = latest(results, ("load",), lambda r: r.get("target") == "wardrobe")
+    passing = latest(results, ("load",), lambda r: r.get("target") == "wardrobe" and r["verdict"]["passed"])
+    jobs = latest(results, ("jobs",))
+    source, users_per_box, measured_at = "none", 0, None
+    if sweep is not None:
+        users_per_box, source, measured_at = sweep["users_per_box"], f"sweep {sweep['name']}", sweep
+    elif passing is not None:
+        users_per_box = passing["params"]["users"]
+        source, measured_at = f"passing load run {passing['name']}", passing
+    rates = (load or {}).get("rates") or {}
+    capsules_per_user_hour = None
+    if load is not None:
+        capsules = load["latency"]["endpoints"].get("POST /api/v1/capsules", {}).get("requests", 0)
+        capsules_per_user_hour = capsules / load["params"]["duration"] / load["params"]["users"] * 3600
+    return {
+        "users_per_box": users_per_box,
+        "users_per_box_source": source,
+        "measured": measured_at,
+        "uploads_per_user_hour": rates.get("uploads_per_user_hour"),
+        "capsules_per_user_hour": capsules_per_user_hour,
+        "rates_source": load["name"] if load else None,
+        "images_per_s_measured_box": (jobs or {}).get("images_per_s_per_box"),
+        "jobs_source": jobs["name"] if jobs else None,
+    }
+
+
+def fleet(users: int, m: dict[str, Any], prices: dict[str, Any]) -> dict[str, Any]:
+    p, model = prices["prices"], prices["model"]
+    per_box = m["users_per_box"] * model["target_utilisation"]
+    api_boxes = math.ceil(users / per_box) if per_box else None
+    uploads = m["uploads_per_user_hour"] or model["default_uploads_per_user_hour"]
+    capsules = m["capsules_per_user_hour"] or model["default_capsules_per_user_hour"]
+    images_needed = users * uploads / 3600 * model["peak_factor"]
+    openai_rpm = users * (uploads + capsules) / 60 * model["peak_factor"]  # one call per analysis or capsule
+    keys = max(1, math.ceil(openai_rpm / model["openai_rpm_per_key"]))
+    per_worker_box = None
+    if m["images_per_s_measured_box"]:
+        per_worker_box = (
+            m["images_per_s_measured_box"] * model["worker_box_cpus"] / model["measured_box_cpus"]
+        )
+    single = api_boxes == 1
+    if api_boxes is None:
+        return {"users": users, "api_boxes": None, "openai_rpm": round(openai_rpm), "openai_keys": keys}
+    # One box: everything shares it, as measured. More: workers, Redis and Postgres move to their own boxes.
+    if single:
+        worker_boxes = 0
+    elif per_worker_box:
+        worker_boxes = math.ceil(images_needed / (per_worker_box * model["target_utilisation"]))
+    else:
+        worker_boxes = None
+    redis = 0 if single else 3  # a Sentinel trio once there is more than one box
+    postgres = 0 if single else (1 if api_boxes <= 20 else 2)  # a replica for reads beyond 20 API boxes
+    balancers = 0 if single else (1 if api_boxes <= 10 else 2)
+    cost = (
+        api_boxes * p["box_2cpu"]
+        + (worker_boxes or 0) * p["worker_box"]
+        + redis * p["redis_box"]
+        + postgres * p["postgres_box"]
+        + balancers * p["load_balancer"]
+    )
+    return {
+        "users": users,
+        "api_boxes": api_boxes,
+        "worker_boxes": worker_boxes,
+        "redis_boxes": redis,
+        "postgres_boxes": postgres,
+        "load_balancers": balancers,
+        "images_per_s_needed": round(images_needed, 2),
+        "openai_rpm": round(openai_rpm),
+        "openai_keys": keys,
+        "monthly_usd": round(cost),
+    }
+
+
+def original(users: int, prices: dict[str, Any]) -> dict[str, Any]:
+    plan, p = prices["original_plan"], prices["prices"]
+    backends = math.ceil(users / plan["users"] * plan["backends"])
+    redis = plan["redis_boxes"]  # kept at the plan's three whatever the size: in the plan's favour
+    balancers = max(plan["load_balancers"], math.ceil(backends / 50))
+    return {
+        "backends": backends,
+        "backends_by_own_rule": f"{math.ceil(users / plan['users_per_backend_high'])}-"
+        f"{math.ceil(users / plan['users_per_backend_low'])}",
+        "redis_boxes": redis,
+        "load_balancers": balancers,
+        "monthly_usd": round(
+            backends * p["backend_4cpu"] + redis * p["redis_box"] + balancers * p["load_balancer"]
+        ),
+    }
+
+
+def table(users_list: list[int], m: dict[str, Any], prices: dict[str, Any]) -> str:
+    measured = m["measured"] or {}
+    machine = measured.get("machine", {})
+    lines = [
+        "# Capacity and cost",
+        "",
+        f"Measured {measured.get('started_at', 'never (run `make bench-sweep` first)')} on "
+        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores: **{m['users_per_box']} users per box** "
+        f"({m['users_per_box_source']}); images/s per measured box: {m['images_per_s_measured_box'] or 'n/a'} "
+        f"({m['jobs_source'] or 'run `make bench-jobs`'}); uploads per user-hour: "
+        f"{_num(m['uploads_per_user_hour'])}, capsules per user-hour: {_num(m['capsules_per_user_hour'])} "
+        f"({m['rates_source'] or 'defaults'}). Prices and parameters: bench/prices.toml "
+        f"(utilisation target {prices['model']['target_utilisation']:.0%}, peak factor "
+        f"{prices['model']['peak_factor']}).",
+        "",
+        "| users | API boxes (2 CPU) | worker boxes (4 CPU) | Redis | Postgres | LB | OpenAI RPM (keys) "
+        "| $/month | original plan: backends + LB + Redis | original $/month | cost ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for users in users_list:
+        ours, theirs = fleet(users, m, prices), original(users, prices)
+        if ours["api_boxes"] is None:
+            lines.append(
+                f"| {users:,} | not measured | | | | | {ours['openai_rpm']} ({ours['openai_keys']}) | | "
+                f"{theirs['backends']} + {theirs['load_balancers']} + {theirs['redis_boxes']} "
+                f"| {theirs['monthly_usd']:,} | |"
+            )
+            continue
+        ratio = theirs["monthly_usd"] / ours["monthly_usd"] if ours["monthly_usd"] else None
+        lines.append(
+            f"| {users:,} | {ours['api_boxes']} | {_num(ours['worker_boxes'])} | {ours['redis_boxes']} "
+            f"| {ours['postgres_boxes']} | {ours['load_balancers']} | {ours['openai_rpm']:,} ({ours['openai_keys']}) "
+            f"| {ours['monthly_usd']:,} | {theirs['backends']} (own rule {theirs['backends_by_own_rule']}) + "
+            f"{theirs['load_balancers']} + {theirs['redis_boxes']} | {theirs['monthly_usd']:,} "
+            f"| {f'{ratio:.1f}x' if ratio else '-'} |"
+        )
+    lines += [
+        "",
+        "One box runs everything (API, workers, Postgres, Redis, memcached), as measured. Beyond one box, workers, "
+        "Redis (Sentinel trio) and Postgres get their own boxes; memcached stays on the API boxes. The original plan's "
+        "backends scale linearly from its own 1,000-user estimate (15 backends + LB + 3 Redis); its Redis stays at "
+        "three and it gets one balancer per 50 backends, both in its favour. OpenAI usage is billed per "
+        "token and is the same for both; only the request budget (keys) is shown.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", default="1000,10000,100000")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--prices", type=Path, default=PRICES)
+    args = parser.parse_args(argv)
+    users = [int(u) for u in args.users.replace("_", "").split(",") if u.strip()]
+    prices = tomllib.loads(args.prices.read_text())
+    text = table(users, measurements(args.results_dir), prices)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "capacity.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Seeds a benchmark population in SQL (generate_series): users with ids from USER_BASE, their items, capsules.
+
+Re-running is cheap: a complete population is kept and only what a previous run added (uploads, jobs, new
+capsules) is removed; a population of another shape is rebuilt. Images are a few real files in the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import time
+from pathlib import Path
+
+import psycopg2
+from PIL import Image, ImageDraw, ImageFilter
+
+from wardrobe.images import ImageStore
+
+USER_BASE = 7_000_000_000  # far above the ids tests and people use
+SEED_SOURCE = "seed"  # items.analysis->>'source' and capsules.source of seeded rows
+IMAGE_COUNT = 6
+
+
+def photo(seed: int, size: tuple[int, int] = (1024, 1280), quality: int = 88) -> bytes:
+    """A deterministic JPEG that compresses like a phone photo of a garment (texture, gradient, noise)."""
+    rng = random.Random(seed)
+    width, height = size
+    base = tuple(rng.randrange(40, 220) for _ in range(3))
+    img = Image.new("RGB", size, base)
+    draw = ImageDraw.Draw(img)
+    for _ in range(60):
+        x, y = rng.randrange(width), rng.randrange(height)
+        r = rng.randrange(20, width // 3)
+        shade = tuple(max(0, min(255, c + rng.randrange(-60, 60))) for c in base)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=shade)
+    img = img.filter(ImageFilter.GaussianBlur(3))
+    # Sensor-like noise keeps JPEG sizes in the 100-400 KB range that real uploads have.
+    noise = Image.effect_noise(size, rng.randrange(18, 30)).convert("RGB")
+    img = Image.blend(img, noise, 0.18)
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def cutout(seed: int, size: tuple[int, int] = (512, 640)) -> bytes:
+    rng = random.Random(seed)
+    img = Image.new("RGBA", size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    color = (*(rng.randrange(40, 220) for _ in range(3)), 255)
+    draw.rounded_rectangle((60, 40, size[0] - 60, size[1] - 40), radius=60, fill=color)
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+def store_images(images_dir: Path, count: int = IMAGE_COUNT) -> tuple[list[str], list[str]]:
+    """(originals, cutouts) keys in the store; content-addressed, so re-running writes nothing new."""
+    store = ImageStore(images_dir)
+    originals = [store.put(photo(1000 + i), "jpg") for i in range(count)]
+    cutouts = [store.put(cutout(2000 + i), "png") for i in range(count)]
+    return originals, cutouts
+
+
+_ITEMS_SQL = """
+INSERT INTO items (user_id, status, category, colors, season, style, pattern, material, formality, brand,
+                   image_key, cutout_key, analysis, created_at, updated_at)
+SELECT u, 'ready',
+       (ARRAY['top','top','top','bottom','bottom','dress','outerwear','shoes','shoes','bag','accessory'])[1 + (h %% 11)],
+       jsonb_build_array(jsonb_build_object(
+           'name', (ARRAY['black','white','navy','beige','grey','red','green','blue','brown','pink'])[1 + (h / 11 %% 10)],
+           'hex', (ARRAY['#111111','#f5f5f5','#1f2a44','#d8c3a5','#8a8a8a','#b22222','#2e8b57','#3366cc',
+                         '#7b4b2a','#e8a0b4'])[1 + (h / 11 %% 10)])),
+       (ARRAY['summer','winter','demi-season','all-season'])[1 + (h / 110 %% 4)],
+       (ARRAY['casual','business','sport','evening','streetwear','classic','minimalist'])[1 + (h / 440 %% 7)],
+       (ARRAY['solid','solid','striped','checked','floral','graphic'])[1 + (h / 3080 %% 6)],
+       (ARRAY['cotton','denim','wool','knit','leather','linen','synthetic'])[1 + (h / 7 %% 7)],
+       1 + (h / 13 %% 5),
+       (ARRAY['Zara','H&M','Uniqlo','Mango','COS','Levi''s','Nike','Adidas',NULL,NULL])[1 + (h / 17 %% 10)],
+       (%(originals)s::text[])[1 + (h %% %(n)s)],
+       (%(cutouts)s::text[])[1 + (h %% %(n)s)],
+       '{"source": "seed"}'::jsonb,
+       now() - make_interval(hours => (i * 7 + u %% 97)::int),
+       now() - make_interval(hours => (i * 7 + u %% 97)::int)
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS u,
+     generate_series(1, %(per_user)s) AS i,
+     LATERAL (SELECT hashint8(u * 1000 + i)::bigint & 2147483647 AS h) AS hashed
+"""
+
+_CAPSULES_SQL = """
+INSERT INTO capsules (user_id, state, occasion, season, size, name, description, outfits, source,
+                      wardrobe_version, created_at, updated_at)
+SELECT u.id, 'ready', 'everyday', 'all-season', 1, 'Easy Weekend', 'Seeded for the load test.',
+       jsonb_build_array(jsonb_build_object('name', 'Look 1', 'item_ids', picked.ids)),
+       'seed', u.wardrobe_version, now() - interval '3 days', now() - interval '3 days'
+FROM users u
+CROSS JOIN LATERAL (
+    SELECT jsonb_agg(id::text) AS ids
+    FROM (SELECT id FROM items WHERE user_id = u.id ORDER BY created_at DESC, id DESC LIMIT 3) newest
+) picked
+WHERE u.id BETWEEN %(first)s AND %(last)s
+"""
+
+
+def _population(cur, first: int, last: int) -> tuple[int, int, int]:
+    cur.execute("SELECT count(*) FROM users WHERE id BETWEEN %s AND %s", (first, last))
+    users = cur.fetchone()[0]
+    cur.execute(
+        "SELECT count(*) FROM items WHERE user_id BETWEEN %s AND %s AND analysis->>'source' = %s",
+        (first, last, SEED_SOURCE),
+    )
+    items = cur.fetchone()[0]
+    cur.execute(
+        "SELECT count(*) FROM capsules WHERE user_id BETWEEN %s AND %s AND source = %s",
+        (first, last, SEED_SOURCE),
+    )
+    return users, items, cur.fetchone()[0]
+
+
+def seed(
+    dsn: str,
+    images_dir: Path,
+    *,
+    users: int = 20_000,
+    items_per_user: int = 40,
+    user_base: int = USER_BASE,
+    log=print,
+) -> dict[str, int | float]:
+    """Make the population exactly `users` x `items_per_user` (+1 capsule each); returns counts and seconds."""
+    started = time.monotonic()
+    originals, cutouts = store_images(images_dir)
+    first, last = user_base, user_base + users - 1
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = False
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL synchronous_commit = off")
+            # Whatever an earlier run created: its uploads, jobs and requested capsules (and their cutouts).
+            cur.execute("DELETE FROM jobs WHERE user_id BETWEEN %s AND %s", (first, last))
+            cur.execute(
+                "DELETE FROM items WHERE user_id BETWEEN %s AND %s AND analysis->>'source' IS DISTINCT FROM %s",
+                (first, last, SEED_SOURCE),
+            )
+            cur.execute(
+                "DELETE FROM capsules WHERE user_id BETWEEN %s AND %s AND source IS DISTINCT FROM %s",
+                (first, last, SEED_SOURCE),
+            )
+            have = _population(cur, first, last)
+            cur.execute(
+                "SELECT count(*) FROM users WHERE id >= %s AND id < %s + 100000000 AND id > %s",
+                (user_base, user_base, last),
+            )
+            extra_users = cur.fetchone()[0]
+            rebuilt = have != (users, users * items_per_user, users) or extra_users > 0
+            if rebuilt:
+                log(f"seeding {users} users x {items_per_user} items (found {have}, {extra_users} extra)")
+                cur.execute(
+                    "DELETE FROM users WHERE id >= %s AND id < %s + 100000000", (user_base, user_base)
+                )
+                cur.execute(
+                    """
+                    INSERT INTO users (id, display_name, username, profile)
+                    SELECT u, 'Bench User ' || (u - %(base)s), 'bench' || (u - %(base)s),
+                           jsonb_build_object('style', jsonb_build_array('casual'),
+                                              'sizes', jsonb_build_object('top', 'M'))
+                    FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS u
+                    """,
+                    {"base": user_base, "first": first, "last": last},
+                )
+                cur.execute(
+                    _ITEMS_SQL,
+                    {
+                        "originals": originals,
+                        "cutouts": cutouts,
+                        "n": len(originals),
+                        "first": first,
+                        "last": last,
+                        "per_user": items_per_user,
+                    },
+                )
+                cur.execute(_CAPSULES_SQL, {"first": first, "last": last})
+            # Every run starts from the same cache keys and versions, whatever the previous run edited.
+            cur.execute(
+                "UPDATE users SET wardrobe_version = 1 WHERE id BETWEEN %s AND %s AND wardrobe_version <> 1",
+                (first, last),
+            )
+        conn.commit()
+        if rebuilt:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("ANALYZE users, items, capsules, jobs")
+    finally:
+        conn.close()
+    return {
+        "users": users,
+        "items": users * items_per_user,
+        "capsules": users,
+        "rebuilt": int(rebuilt),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Seed the benchmark population.")
+    parser.add_argument("--database-url", default="postgresql:///wardrobe_bench")
+    parser.add_argument("--data-dir", type=Path, default=Path("var/bench"))
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--items-per-user", type=int, default=40)
+    args = parser.parse_args(argv)
+    result = seed(
+        args.database_url, args.data_dir / "images", users=args.users, items_per_user=args.items_per_user
+    )
+    print(result)
+
+
+if __name__ == "__main__":
+    main()

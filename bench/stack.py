@@ -1,0 +1,271 @@
+"""Starts and stops what a benchmark runs against: the Wardrobe stack or the original-architecture baseline.
+
+Postgres and Redis are the machine's own (assumed running); everything else is started here, each in its own
+process group so that stopping it takes its children too, and stopped again even when the run fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BENCH_BOT_TOKEN = "7000000000:BENCH-bot-token-for-load-tests-only"
+OPENAI_KEY = "sk-bench-local"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@dataclasses.dataclass
+class Started:
+    role: str
+    proc: subprocess.Popen
+    log: Path
+    stop_signal: int = signal.SIGTERM
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, self.stop_signal)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+@dataclasses.dataclass
+class StackSettings:
+    database_url: str
+    data_dir: Path
+    log_dir: Path
+    redis_url: str = "redis://127.0.0.1:6379/3"
+    api_workers: int = 2
+    openai_rpm: int = 500
+    openai_latency_ms: int = 200
+    u2net_home: Path = ROOT / "var" / "models"
+    bot_token: str = BENCH_BOT_TOKEN
+    with_workers: bool = True
+    image_workers: int = 1  # processes of the images consumer (a shared box keeps one)
+    worker_nice: bool = True  # below the API when they share a box
+    defer_ai_worker: bool = False  # bench-jobs starts it once a backlog of analyses has built up
+
+
+class Stack:
+    """A set of started processes with one `stop()`; `roles()` maps role names to root pids for sampling."""
+
+    kind = "stack"
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.started: list[Started] = []
+        self.base_url = ""
+        self.openai_url = ""
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def spawn(
+        self, role: str, argv: list[str], env: dict[str, str], stop_signal: int = signal.SIGTERM
+    ) -> Started:
+        log = self.settings.log_dir / f"{role}.log"
+        handle = log.open("ab")
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            # Own process group (stopped as one) but the same session: one autogroup for the whole bench, so
+            # the scheduler honours the workers' nice against the API as it does under `make run`.
+            process_group=0,
+        )
+        handle.close()
+        started = Started(role, proc, log, stop_signal)
+        self.started.append(started)
+        return started
+
+    def start_openai(self) -> None:
+        port = free_port()
+        self.spawn(
+            "openai-fake",
+            [
+                sys.executable,
+                "-m",
+                "tests.fakes.openai_server",
+                "--port",
+                str(port),
+                "--rpm",
+                str(self.settings.openai_rpm),
+                "--latency-ms",
+                str(self.settings.openai_latency_ms),
+                "--keys",
+                OPENAI_KEY,
+            ],
+            {},
+        )
+        wait_port(port, 20)
+        self.openai_url = f"http://127.0.0.1:{port}/v1"
+
+    def stop(self) -> None:
+        # Workers first (they stop taking jobs), then the API, then what they depend on.
+        for started in reversed(self.started):
+            started.stop()
+        self.started.clear()
+
+    def roles(self) -> dict[str, int]:
+        return {s.role: s.proc.pid for s in self.started if s.proc.poll() is None}
+
+    def check_alive(self) -> list[str]:
+        return [
+            f"{s.role} exited with {s.proc.returncode}" for s in self.started if s.proc.poll() is not None
+        ]
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+
+class WardrobeStack(Stack):
+    """The API under gunicorn/gevent, both Huey workers at lower priority, memcached and the OpenAI fake."""
+
+    kind = "wardrobe"
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "WARDROBE_DATABASE_URL": s.database_url,
+            "WARDROBE_DATA_DIR": str(s.data_dir),
+            "WARDROBE_TELEGRAM_BOT_TOKEN": s.bot_token,
+            "WARDROBE_REDIS_URL": s.redis_url,
+            "WARDROBE_MEMCACHED_SERVERS": f"127.0.0.1:{self.memcached_port}",
+            "WARDROBE_OPENAI_API_KEYS": OPENAI_KEY,
+            "WARDROBE_OPENAI_BASE_URL": self.openai_url,
+            "WARDROBE_OPENAI_RPM": str(s.openai_rpm),
+            "WARDROBE_U2NET_HOME": str(s.u2net_home),
+            "WARDROBE_BIND": f"127.0.0.1:{self.api_port}",
+            "GUNICORN_WORKERS": str(s.api_workers),
+            "WARDROBE_IMAGE_WORKERS": str(s.image_workers),
+        }
+
+    def start(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.settings.redis_url).flushdb()  # only the bench's own database index
+        self.memcached_port = free_port()
+        self.spawn(
+            "memcached",
+            [
+                "memcached",
+                "-u",
+                "root",
+                "-l",
+                "127.0.0.1",
+                "-p",
+                str(self.memcached_port),
+                "-m",
+                "256",
+                "-c",
+                "16384",
+                "-t",
+                "2",
+            ],
+            {},
+        )
+        wait_port(self.memcached_port, 10)
+        self.start_openai()
+        self.api_port = free_port()
+        env = self.env()
+        if self.settings.with_workers:
+            self.start_worker("images")
+            if not self.settings.defer_ai_worker:
+                self.start_worker("ai")
+        api = self.spawn("api", [str(BIN / "gunicorn"), "-c", str(ROOT / "conf/gunicorn.conf.py")], env)
+        self.base_url = f"http://127.0.0.1:{self.api_port}"
+        wait_http(self.base_url + "/healthz", 60, api.proc)
+
+    def start_worker(self, queue: str) -> None:
+        # As scripts/run.sh does on a shared box: a backlog of images must not slow requests.
+        nice = ["nice", "-n", "10" if queue == "images" else "5"] if self.settings.worker_nice else []
+        extra = (
+            [] if queue == "images" else ["--no-periodic"]
+        )  # one reaper per box, beside the images consumer
+        self.spawn(
+            f"worker-{queue}", [*nice, str(BIN / "wardrobe-worker"), queue, *extra], self.env(), signal.SIGINT
+        )
+
+
+class BaselineStack(Stack):
+    """The original architecture: Flask under gunicorn gthread, rembg and OpenAI inside the request."""
+
+    kind = "baseline"
+
+    def start(self) -> None:
+        self.start_openai()
+        self.api_port = free_port()
+        s = self.settings
+        env = {
+            "BASELINE_DATABASE_URL": s.database_url,
+            "BASELINE_DATA_DIR": str(s.data_dir),
+            "BASELINE_BOT_TOKEN": s.bot_token,
+            "BASELINE_OPENAI_API_KEY": OPENAI_KEY,
+            "BASELINE_OPENAI_BASE_URL": self.openai_url,
+            "BASELINE_BIND": f"127.0.0.1:{self.api_port}",
+            "U2NET_HOME": str(s.u2net_home),
+        }
+        api = self.spawn(
+            "api", [str(BIN / "gunicorn"), "-c", str(ROOT / "bench/baseline/gunicorn.conf.py")], env
+        )
+        self.base_url = f"http://127.0.0.1:{self.api_port}"
+        wait_http(self.base_url + "/healthz", 120, api.proc)
+
+
+STACKS = {"wardrobe": WardrobeStack, "baseline": BaselineStack}
