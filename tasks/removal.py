@@ -46,5 +46,5 @@ class BackgroundRemover:
             img = downscale(img.convert("RGB"), self._max_side)
             result = remove(img, session=self._session)
         out = io.BytesIO()
-        result.save(out, "PNG", optimize=False, compress_level=6)
+        result.save(out, "PNG", compress_level=1)  # CPU is the scarce resource here, not bytes
         return out.getvalue()

@@ -88,3 +88,16 @@ def test_non_integer_user_id_is_rejected():
 def test_health_is_public_and_api_is_not(client):
     assert client.simulate_get("/healthz").status_code == 200
     assert client.simulate_get("/api/v1/me").status_code == 401
+
+
+def test_a_remembered_session_still_expires():
+    now = [1_000_000.0]
+    validator = InitDataValidator(BOT_TOKEN, max_age=60, clock=lambda: now[0])
+    raw = sign_init_data(BOT_TOKEN, {"id": 5, "first_name": "x"}, auth_date=int(now[0]))
+    assert validator.validate(raw).id == 5
+    assert validator.validate(raw).id == 5  # second time from memory
+    now[0] += 61
+    with pytest.raises(AuthError, match="expired"):
+        validator.validate(raw)
+    with pytest.raises(AuthError):
+        validator.validate(raw.replace("hash=", "hash=0"))

@@ -11,6 +11,7 @@ import hmac
 import json
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable
 
 MAX_HEADER_BYTES = 8192
@@ -36,10 +37,16 @@ def _data_check_string(pairs: list[tuple[str, str]]) -> str:
 
 
 class InitDataValidator:
-    def __init__(self, bot_token: str, max_age: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, bot_token: str, max_age: int, clock: Callable[[], float] = time.time, remember: int = 10_000
+    ) -> None:
         self._secret = _secret_key(bot_token)
         self._max_age = max_age
         self._clock = clock
+        # A Mini App sends the same init data with every request of a session: once its signature checked out,
+        # the exact same string needs only the freshness check again (parsing + HMAC are most of auth's cost).
+        self._verified: OrderedDict[str, tuple[TelegramUser, int]] = OrderedDict()
+        self._remember = remember
 
     def authenticate(self, header: str | None) -> TelegramUser:
         if not header:
@@ -52,6 +59,22 @@ class InitDataValidator:
         return self.validate(raw.strip())
 
     def validate(self, raw: str) -> TelegramUser:
+        known = self._verified.get(raw)
+        if known is not None:
+            user, auth_date = known
+            self._check_age(auth_date)
+            return user
+        user, auth_date = self._validate(raw)
+        self._verified[raw] = (user, auth_date)
+        if len(self._verified) > self._remember:
+            self._verified.popitem(last=False)
+        return user
+
+    def _check_age(self, auth_date: int) -> None:
+        if self._max_age and self._clock() - auth_date > self._max_age:
+            raise AuthError("Init data has expired; reopen the Mini App.")
+
+    def _validate(self, raw: str) -> tuple[TelegramUser, int]:
         try:
             # WSGI hands headers over as latin-1; anything beyond ASCII here is not Telegram's.
             raw.encode("ascii")
@@ -69,8 +92,7 @@ class InitDataValidator:
             auth_date = int(fields.get("auth_date", ""))
         except ValueError:
             raise AuthError("Init data has no valid auth_date.") from None
-        if self._max_age and self._clock() - auth_date > self._max_age:
-            raise AuthError("Init data has expired; reopen the Mini App.")
+        self._check_age(auth_date)
         try:
             user = json.loads(fields["user"])
             user_id = user["id"]
@@ -80,11 +102,12 @@ class InitDataValidator:
             raise AuthError("Init data has no valid user id.")
         name = " ".join(str(user.get(k) or "") for k in ("first_name", "last_name")).strip()
         username = user.get("username")
-        return TelegramUser(
+        user = TelegramUser(
             id=user_id,
             display_name=name[:128],
             username=username[:64] if isinstance(username, str) else None,
         )
+        return user, auth_date
 
 
 def sign_init_data(

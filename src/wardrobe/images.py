@@ -89,7 +89,7 @@ def normalize(data: bytes, max_pixels: int) -> tuple[bytes, str]:
     if fmt == "JPEG":
         clean = img.convert("RGB") if img.mode != "RGB" else img.copy()
         clean.info = {}
-        clean.save(out, "JPEG", quality=90, optimize=True)
+        clean.save(out, "JPEG", quality=90)
     elif fmt == "PNG":
         clean = img.convert("RGBA" if has_alpha else "RGB")
         clean.info = {}
