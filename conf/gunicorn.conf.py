@@ -23,8 +23,9 @@ backlog = 4096
 keepalive = 75
 timeout = 30  # only a heartbeat for gevent workers; request deadlines are enforced in the app
 graceful_timeout = 30
-max_requests = 20000  # recycle slowly to bound any leak; jitter avoids recycling all at once
-max_requests_jitter = 2000
+# No recycling by request count: at a few hundred requests/s per worker any sane limit restarts a worker every
+# minute or two, and each restart drops the keep-alive connections of every client on it (a latency spike).
+max_requests = 0
 limit_request_line = 8190
 limit_request_field_size = 16384  # Telegram init data can be a few KB
 accesslog = None  # the app writes one JSON line per request itself
