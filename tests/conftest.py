@@ -26,7 +26,8 @@ TEST_DSN = f"postgresql:///{TEST_DB}"
 _user_ids = itertools.count(random.randint(10**9, 2 * 10**9) * 1000)
 
 
-def make_config(tmp_path: Path, **overrides) -> Config:
+def server_env(tmp_path: Path, **overrides) -> dict[str, str]:
+    """The environment of an API or worker under test: test database, Redis db 1, a private data dir."""
     environ = {
         "WARDROBE_DATABASE_URL": TEST_DSN,
         "WARDROBE_DATA_DIR": str(tmp_path / "data"),
@@ -35,7 +36,11 @@ def make_config(tmp_path: Path, **overrides) -> Config:
         "WARDROBE_PROFILE_HZ": "0",
     }
     environ.update({k: str(v) for k, v in overrides.items()})
-    return Config.from_env(environ)
+    return environ
+
+
+def make_config(tmp_path: Path, **overrides) -> Config:
+    return Config.from_env(server_env(tmp_path, **overrides))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import BOT_TOKEN, TEST_DSN, auth_header, image_bytes, multipart
+from conftest import auth_header, image_bytes, multipart, server_env
 from processes import gunicorn
 
 pytestmark = pytest.mark.slow
@@ -15,14 +15,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gunicorn")
-    env = {
-        "WARDROBE_DATABASE_URL": TEST_DSN,
-        "WARDROBE_DATA_DIR": str(tmp / "data"),
-        "WARDROBE_TELEGRAM_BOT_TOKEN": BOT_TOKEN,
-        "WARDROBE_REDIS_URL": "redis://127.0.0.1:6379/1",
-        "WARDROBE_DB_POOL_SIZE": "10",
-        "WARDROBE_PROFILE_HZ": "0",
-    }
+    env = server_env(tmp, WARDROBE_DB_POOL_SIZE=10)
     proc, base = gunicorn(env, tmp / "gunicorn.log")
     yield base, proc
     proc.stop()

@@ -11,7 +11,7 @@ import falcon
 import falcon.testing
 import pytest
 import sentry_sdk
-from conftest import BOT_TOKEN, TEST_DSN, auth_header, make_config
+from conftest import auth_header, make_config, server_env
 from processes import gunicorn
 from prometheus_client.parser import text_string_to_metric_families
 from test_profiling import decode_profile
@@ -23,14 +23,7 @@ from wardrobe.app import create_app
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("observability")
-    env = {
-        "WARDROBE_DATABASE_URL": TEST_DSN,
-        "WARDROBE_DATA_DIR": str(tmp / "data"),
-        "WARDROBE_TELEGRAM_BOT_TOKEN": BOT_TOKEN,
-        "WARDROBE_REDIS_URL": "redis://127.0.0.1:6379/1",
-        "WARDROBE_METRICS_TOKEN": "operator-secret",
-        "WARDROBE_PROFILE_HZ": "100",
-    }
+    env = server_env(tmp, WARDROBE_METRICS_TOKEN="operator-secret", WARDROBE_PROFILE_HZ=100)
     proc, base = gunicorn(env, tmp / "gunicorn.log", workers=2)
     yield proc, int(base.rsplit(":", 1)[1])
     proc.stop()
