@@ -62,19 +62,21 @@ def register(
         local.get("ai")
 
     # retries=0: failures are handled by the stage runner against the job row, with backoff and a bound.
+    # **_context: Sentry's Huey integration adds trace headers to messages when the enqueuing side has Sentry
+    # on; a consumer without Sentry must still run them.
     # task_context tags the profiler's samples with the task, as request routes are on the API.
     @images.task(name="cutout", retries=0)
-    def cutout(job_id: str) -> str:
+    def cutout(job_id: str, **_context: object) -> str:
         with task_context("cutout"):
             return local.get("images").cutout(job_id)
 
     @ai.task(name="analyze", retries=0)
-    def analyze(job_id: str) -> str:
+    def analyze(job_id: str, **_context: object) -> str:
         with task_context("analyze"):
             return local.get("ai").analyze(job_id)
 
     @ai.task(name="capsule", retries=0)
-    def capsule(job_id: str) -> str:
+    def capsule(job_id: str, **_context: object) -> str:
         with task_context("capsule"):
             return local.get("ai").capsule(job_id)
 

@@ -49,6 +49,15 @@ def _clean_database() -> None:
         cur.execute("TRUNCATE users, items, jobs, capsules CASCADE")
 
 
+def settle_unfinished_jobs() -> None:
+    """Before real consumers start: jobs that earlier tests left queued (nobody ran their workers) would be found
+    by the reaper and processed first, delaying the jobs the test is waiting for."""
+    with psycopg2.connect(TEST_DSN) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE jobs SET state = 'failed', error = 'left by an earlier test' WHERE state IN ('queued', 'running')"
+        )
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)

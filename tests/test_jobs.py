@@ -8,7 +8,7 @@ import urllib.request
 
 import falcon.testing
 import pytest
-from conftest import BOT_TOKEN, TEST_DSN, image_bytes, make_config, upload
+from conftest import BOT_TOKEN, TEST_DSN, image_bytes, make_config, settle_unfinished_jobs, upload
 from PIL import Image, ImageDraw
 from processes import RedisServer, free_port, worker
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,6 +36,7 @@ def shirt_photo() -> bytes:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("jobs")
+    settle_unfinished_jobs()
     redis = RedisServer(tmp / "redis.log").start()
     fake = FakeOpenAI(keys=KEYS, latency=0.2).start()
     env = {
@@ -216,3 +217,17 @@ def test_workers_publish_job_queue_and_openai_metrics(stack, user):
     images = scrape("images")
     assert any(name == "wardrobe_queue_oldest_age_seconds" for name, _ in images)
     assert any(name == "wardrobe_jobs_total" and ("outcome", "advanced") in labels for name, labels in images)
+
+
+def test_tasks_accept_trace_headers_added_by_an_api_with_sentry_on():
+    # Sentry's Huey integration adds `sentry_headers` to messages; a worker without Sentry must still run them.
+    from tasks import queue, work
+    from wardrobe.redis_client import connect
+
+    tasks = work.register(queue.build(connect("redis://127.0.0.1:6390/0")), lambda q: _Runner())
+    assert tasks["analyze"].func("job-1", sentry_headers={"sentry-trace": "x"}) == "ran job-1"
+
+
+class _Runner:
+    def analyze(self, job_id):
+        return f"ran {job_id}"

@@ -8,7 +8,7 @@ import time
 
 import psycopg2
 import pytest
-from conftest import BOT_TOKEN, TEST_DSN
+from conftest import BOT_TOKEN, TEST_DSN, settle_unfinished_jobs
 from PIL import Image
 from processes import ROOT, RedisServer, worker
 
@@ -47,6 +47,7 @@ def backlog(store: ImageStore, user_id: int, count: int) -> list[str]:
 
 
 def run_backlog(tmp_path, fake: FakeOpenAI, configured_rpm: int, count: int, user_id: int):
+    settle_unfinished_jobs()
     redis = RedisServer(tmp_path / "redis.log").start()
     env = {
         "WARDROBE_DATABASE_URL": TEST_DSN,
