@@ -34,10 +34,14 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v curl >/dev/null || missing+=(curl)
+# The profiler's native clock is a small C extension (optional: the profiler falls back to a Python thread).
+command -v gcc >/dev/null || missing+=(gcc libc6-dev)
+python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+    2>/dev/null || missing+=(python3-dev)
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 # --- virtualenv with the package in editable mode --------------------------------------------------------------
-stamp=$(cat setup.cfg setup.py pyproject.toml | sha256sum | cut -c1-16)
+stamp=$(cat setup.cfg setup.py pyproject.toml src/wardrobe/profiling/_ticker.c | sha256sum | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV"
     python3 -m venv "$VENV"

@@ -190,6 +190,7 @@ def _profiler(config: Config, role: str, **tags: str) -> tuple[Profiler | None, 
     profiler = Profiler(
         hz=config.profile_hz,
         keep_minutes=config.profile_keep_minutes,
+        clock_mode=config.profile_clock,
         tags=tags,
         on_window=[pusher.submit] if pusher else (),
     )

@@ -39,6 +39,16 @@ def _float(minimum: float = 0.0) -> Callable[[str], float]:
     return parse
 
 
+def _choice(*values: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in values:
+            raise ValueError(f"expected one of {', '.join(values)}")
+        return value
+
+    return parse
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -130,6 +140,7 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("WARDROBE_SENTRY_ENVIRONMENT", "sentry_environment", _str, "development"),
     ("WARDROBE_PROFILE_HZ", "profile_hz", _int(0, 1000), "100"),
     ("WARDROBE_PROFILE_KEEP_MINUTES", "profile_keep_minutes", _float(1), "15"),
+    ("WARDROBE_PROFILE_CLOCK", "profile_clock", _choice("native", "thread"), "native"),
     ("WARDROBE_PYROSCOPE_URL", "pyroscope_url", _url, ""),
     ("WARDROBE_LOG_LEVEL", "log_level", _str, "INFO"),
     ("GUNICORN_WORKERS", "gunicorn_workers", _int(1, 256), str(os.cpu_count() or 1)),
@@ -193,6 +204,7 @@ class Config:
     sentry_environment: str
     profile_hz: int
     profile_keep_minutes: float
+    profile_clock: str
     pyroscope_url: str
     log_level: str
     gunicorn_workers: int

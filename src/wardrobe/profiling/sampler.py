@@ -1,7 +1,13 @@
-"""The greenlet-aware sampling profiler: a real OS thread recording cpu and wall stacks `hz` times a second.
+"""The greenlet-aware sampling profiler: cpu and wall stacks `hz` times a second, clocked by a real OS thread.
 
 cpu: the frame each OS thread is executing, counted only for CPU time that thread actually used (so an idle
 gevent hub costs nothing). wall: the stack of every tagged request greenlet or task, running or parked.
+
+Two clocks. `native` (the default when the C extension is built): a C thread that never holds the GIL asks
+CPython to run each tick on the interpreter's main thread at its next bytecode boundary (Py_AddPendingCall), in
+whichever greenlet is running, so a CPU-bound greenlet cannot starve it and no GIL handoff happens per tick.
+`thread`: a Python sampler thread that takes the GIL every tick; on a saturated machine each handoff parks the
+main thread for scheduler latency, which cost a third of the API's throughput in `make bench-profiler`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,11 @@ from types import CodeType, FrameType
 from wardrobe.profiling import os_threads
 from wardrobe.profiling.activity import ACTIVITIES, ActivityRegistry, Tags
 from wardrobe.profiling.aggregation import Frame, Profile, Stack, Window, WindowStore, merge
+
+try:
+    from wardrobe.profiling import _ticker
+except ImportError:  # built by `pip install` when a C compiler is present; the thread clock works without it
+    _ticker = None
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +52,16 @@ class Profiler:
         wall_sample: int = 8,
         wall_every: int = 4,
         rng: random.Random | None = None,
+        clock_mode: str = "native",
     ) -> None:
         if not 1 <= hz <= 1000:
             raise ValueError("hz must be between 1 and 1000")
+        if clock_mode not in ("native", "thread"):
+            raise ValueError("clock_mode must be native or thread")
+        self.clock_mode = clock_mode
+        self.clock: str | None = None  # the clock in use while running: "native" or "thread"
+        # A native tick runs on the thread it samples: its own CPU is taken back out of that thread's credit.
+        self._own_cpu_ns = 0
         self.hz = hz
         self.period = 1.0 / hz
         self.tags: Tags = tuple(sorted((tags or {}).items()))
@@ -79,12 +97,25 @@ class Profiler:
             return
         self._stop = os_threads.RealEvent()
         self._last_tick = None
+        if self.clock_mode == "native" and _ticker is not None:
+            try:
+                _ticker.start(self._native_tick, self.period)
+            except RuntimeError:
+                log.warning("the native profiler clock is taken in this process; using a sampler thread")
+            else:
+                self.clock = "native"
+                return
+        elif self.clock_mode == "native":
+            log.warning("wardrobe.profiling._ticker is not built; the profiler uses a sampler thread")
+        self.clock = "thread"
         self._finished = os_threads.spawn(self._run)
 
     def stop(self, timeout: float = 2.0) -> None:
         if self._stop is None:
             return
         self._stop.set()
+        if self.clock == "native" and _ticker is not None:
+            _ticker.stop()
         if self._finished is not None:
             self._finished.wait(timeout)
         finished = self.store.finish(self._clock())
@@ -110,11 +141,35 @@ class Profiler:
             if next_tick > now:
                 os_threads.sleep(next_tick - now)
 
+    def _native_tick(self, direct: bool) -> None:
+        """Called by the native clock: on the main thread between two bytecodes of whatever was running, or
+        (`direct`) on the clock's own thread while the main thread is blocked outside the interpreter."""
+        if self._stop is None or self._stop.is_set():
+            return
+        began = time.thread_time_ns()
+        try:
+            if direct:
+                os_threads.OWN_THREADS.add(os_threads.get_ident())
+                self.sample()
+            else:
+                self.sample(interrupted=(os_threads.get_ident(), sys._getframe(1)))
+        except Exception:
+            log.exception("profiler tick failed")
+        spent = time.thread_time_ns() - began
+        if not direct:
+            self._own_cpu_ns += spent
+        self.sampler_cpu_seconds += spent / 1e9
+
     # sampling --------------------------------------------------------------------------------------------
 
-    def sample(self) -> None:
-        """Take one tick: called by the sampler thread, and directly by tests."""
+    def sample(self, interrupted: tuple[int, FrameType] | None = None) -> None:
+        """Take one tick: called by the sampler thread, by the native clock, and directly by tests.
+
+        `interrupted`: (thread ident, frame) of the code a native tick interrupted, which stands for that
+        thread (its own current frame is this method)."""
         frames = sys._current_frames()
+        if interrupted is not None:
+            frames[interrupted[0]] = interrupted[1]
         now = self._clock()
         window, finished = self.store.window_for(now)
         if finished is not None:
@@ -144,7 +199,7 @@ class Profiler:
         for ident, frame in frames.items():
             if ident in own:
                 continue
-            cpu_count = self._due_cpu_samples(ident)
+            cpu_count = self._due_cpu_samples(ident, interrupted is not None and ident == interrupted[0])
             if cpu_count:
                 running = self._registry.running(frame)
                 tags = running.tags if running is not None else (("thread", str(ident)),)
@@ -161,10 +216,12 @@ class Profiler:
         self._wall_credit = min(self._wall_credit - due * self.period, self.period)
         return due
 
-    def _due_cpu_samples(self, ident: int) -> int:
+    def _due_cpu_samples(self, ident: int, sampling_thread: bool = False) -> int:
         used = self._thread_cpu_ns(ident)
         if used is None:
             return 0
+        if sampling_thread:
+            used -= self._own_cpu_ns  # the profiler's own ticks on this thread are not the app's CPU
         previous = self._cpu_seen.get(ident)
         self._cpu_seen[ident] = used
         if previous is None:
