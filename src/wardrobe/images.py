@@ -101,11 +101,13 @@ def normalize(data: bytes, max_pixels: int) -> tuple[bytes, str]:
     return out.getvalue(), FORMATS[fmt][0]
 
 
-def downscale(img: Image.Image, max_side: int) -> Image.Image:
+def downscale(
+    img: Image.Image, max_side: int, resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> Image.Image:
     if max(img.size) <= max_side:
         return img
     img = img.copy()
-    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    img.thumbnail((max_side, max_side), resample)
     return img
 
 
