@@ -637,9 +637,9 @@ def cache_plan(args: argparse.Namespace, memcached: str) -> Plan:
         paced=True,
         with_cache_metrics=True,
         rounds=args.rounds or 5,
-        seconds=args.seconds,
+        seconds=args.seconds or 7.0,
         paced_seconds=args.paced_seconds,
-        warmup=args.warmup,
+        warmup=args.warmup or 1.0,
     )
 
 
@@ -672,10 +672,12 @@ def profiler_plan(args: argparse.Namespace, memcached: str) -> Plan:
         baseline="profiler-off",
         paced=False,
         with_cache_metrics=False,
-        rounds=args.rounds or 12,
-        seconds=args.seconds,
+        # Many short windows: this shared machine's load drifts within seconds, so pairs close in time
+        # and many of them pin the median ratio down better than a few long windows.
+        rounds=args.rounds or 40,
+        seconds=args.seconds or 2.5,
         paced_seconds=0,
-        warmup=args.warmup,
+        warmup=args.warmup or 0.5,
     )
 
 
@@ -1053,10 +1055,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--db-pool-size", type=int, default=8, help="per worker; keeps all variants under 100"
     )
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=0, help="0: 5 for cache, 12 for profiler")
-    parser.add_argument("--seconds", type=float, default=7.0, help="measured closed-loop window")
+    parser.add_argument("--rounds", type=int, default=0, help="0: 5 for cache, 40 for profiler")
+    parser.add_argument(
+        "--seconds", type=float, default=0, help="measured closed-loop window (0: 7 s, profiler 2.5 s)"
+    )
     parser.add_argument("--paced-seconds", type=float, default=5.0, help="measured fixed-rate window (cache)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured lead-in of every window")
+    parser.add_argument(
+        "--warmup", type=float, default=0, help="unmeasured lead-in of every window (0: 1 s, profiler 0.5 s)"
+    )
     parser.add_argument("--calibrate-seconds", type=float, default=4.0)
     parser.add_argument(
         "--paced-rate",

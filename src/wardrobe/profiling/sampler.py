@@ -75,8 +75,8 @@ class Profiler:
         self._thread_cpu_ns = thread_cpu_ns or _thread_cpu_ns
         keep = max(int(keep_minutes * 60 // window_seconds), 1)
         self.store = WindowStore(window_seconds, keep, hz, max_stacks_per_window)
-        self._names: dict[CodeType, tuple[str, str, int]] = {}
-        self._lines: dict[tuple[CodeType, int], Frame] = {}
+        self._names: dict[int, tuple[str, str, int, CodeType]] = {}
+        self._lines: dict[tuple[int, int], Frame] = {}
         self._cpu_seen: dict[int, int] = {}
         self._cpu_credit: dict[int, int] = {}
         self._wall_credit = 0.0
@@ -121,6 +121,14 @@ class Profiler:
         finished = self.store.finish(self._clock())
         if finished is not None:
             self._publish(finished)
+        if self.ticks:
+            log.info(
+                "profiler stopped: %d ticks on the %s clock, %.3f CPU-s sampling (%.0f us a tick)",
+                self.ticks,
+                self.clock,
+                self.sampler_cpu_seconds,
+                self.sampler_cpu_seconds / self.ticks * 1e6,
+            )
 
     def _run(self) -> None:
         stop = self._stop
@@ -238,20 +246,23 @@ class Profiler:
         lines = self._lines
         while frame is not None and len(leaf_first) < MAX_DEPTH:
             code = frame.f_code
-            # f_lineno decodes the line table on every access; (code, instruction offset) -> Frame is a dict hit.
-            where = (code, frame.f_lasti)
+            # f_lineno decodes the line table on every access, so (code, instruction offset) -> Frame is cached.
+            # Keyed by id(code): hashing a code object hashes its constants every time (most of a tick's cost).
+            # `names` holds each code object it has seen, so no id in either cache can be reused meanwhile.
+            where = (id(code), frame.f_lasti)
             entry = lines.get(where)
             if entry is None:
-                info = names.get(code)
+                info = names.get(id(code))
                 if info is None:
                     if len(names) > 50_000:
                         names.clear()
                         lines.clear()
                     module = frame.f_globals.get("__name__", "?")
-                    info = names[code] = (
+                    info = names[id(code)] = (
                         f"{module}.{code.co_qualname}",
                         code.co_filename,
                         code.co_firstlineno,
+                        code,
                     )
                 if len(lines) > 200_000:
                     lines.clear()
@@ -285,8 +296,17 @@ class Profiler:
         return merge(windows, profile_type, self.hz, start, now, route, self.tags)
 
 
+_CPU_CLOCKS: dict[int, int] = {}
+
+
 def _thread_cpu_ns(ident: int) -> int | None:
     try:
-        return time.clock_gettime_ns(time.pthread_getcpuclockid(ident))
+        clock = _CPU_CLOCKS.get(ident)
+        if clock is None:
+            if len(_CPU_CLOCKS) > 1000:
+                _CPU_CLOCKS.clear()
+            clock = _CPU_CLOCKS[ident] = time.pthread_getcpuclockid(ident)
+        return time.clock_gettime_ns(clock)
     except (OSError, OverflowError, AttributeError):
+        _CPU_CLOCKS.pop(ident, None)
         return None
