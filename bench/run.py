@@ -346,7 +346,8 @@ def load(target: str, users: int, duration: float, name: str | None, options: Op
             _keep_logs(Path(work) / "logs", options.results_dir / "logs" / name)
             raise
         result["seed"] = seeded
-        if result["stack_problems"] or result["latency"]["overall"]["requests"] == 0:
+        overall = result["latency"]["overall"]
+        if result["stack_problems"] or overall["requests"] == 0 or overall.get("failures"):
             _keep_logs(Path(work) / "logs", options.results_dir / "logs" / name)
     paths = report.write(result, options.results_dir, name)
     _print_summary(result, paths)

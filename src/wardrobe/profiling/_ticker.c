@@ -54,25 +54,31 @@ wake_main(void)
 #endif
 }
 
-static int
-run_callback(void *unused)
+/* With the GIL held: call the callback; an exception never escapes (into the interrupted code, or a C thread). */
+static void
+invoke(PyObject *direct_flag)
 {
-    (void)unused;
-    atomic_store(&outstanding, 0);
     PyObject *cb = callback;
     if (cb == NULL) {
-        return 0;
+        return;
     }
     Py_INCREF(cb);
-    PyObject *result = PyObject_CallOneArg(cb, Py_False);
+    PyObject *result = PyObject_CallOneArg(cb, direct_flag);
     if (result == NULL) {
-        /* Never let an exception escape into the interrupted code. */
         PyErr_WriteUnraisable(cb);
     }
     else {
         Py_DECREF(result);
     }
     Py_DECREF(cb);
+}
+
+static int
+run_callback(void *unused)
+{
+    (void)unused;
+    atomic_store(&outstanding, 0);
+    invoke(Py_False);
     return 0;
 }
 
@@ -98,17 +104,8 @@ run_direct(void)
         return;
     }
     PyGILState_STATE state = PyGILState_Ensure();
-    PyObject *cb = callback;
-    if (cb != NULL && !atomic_load(&stop_requested)) {
-        Py_INCREF(cb);
-        PyObject *result = PyObject_CallOneArg(cb, Py_True);
-        if (result == NULL) {
-            PyErr_WriteUnraisable(cb);
-        }
-        else {
-            Py_DECREF(result);
-        }
-        Py_DECREF(cb);
+    if (!atomic_load(&stop_requested)) {
+        invoke(Py_True);
         atomic_fetch_add(&direct, 1);
     }
     PyGILState_Release(state);
