@@ -99,9 +99,11 @@ class ActivityRegistry:
                 chosen.append((glet, activity))
         return total, chosen
 
-    def running(self, frame: Any) -> Activity | None:
-        """The activity whose stack `frame` (a thread's executing frame) belongs to, if it is tagged."""
-        return self._by_root.get(_root(frame))
+    def running(self, frame: Any, root: Any = None) -> Activity | None:
+        """The activity whose stack `frame` (a thread's executing frame) belongs to, if it is tagged.
+
+        `root`: the bottom frame of that stack, when the caller has walked it already."""
+        return self._by_root.get(_root(frame) if root is None else root)
 
     @contextmanager
     def context(self, tags: Tags) -> Iterator[None]:

@@ -185,6 +185,21 @@ class Profiler:
         self.ticks += 1
 
         own = os_threads.OWN_THREADS
+        walked: dict[int, Stack] = {}  # id(frame) -> stack, for frames walked once already this tick
+
+        for ident, frame in frames.items():
+            if ident in own:
+                continue
+            cpu_count = self._due_cpu_samples(ident, interrupted is not None and ident == interrupted[0])
+            if cpu_count:
+                stack, root = self._walk(frame)
+                walked[id(frame)] = stack
+                running = self._registry.running(frame, root)
+                tags = running.tags if running is not None else (("thread", str(ident)),)
+                window.add("cpu", tags, stack, cpu_count)
+        for ident in [ident for ident in self._cpu_seen if ident not in frames]:
+            self._cpu_seen.pop(ident, None)
+            self._cpu_credit.pop(ident, None)
 
         # Wall stacks are walked every `wall_every` ticks (the due count carries the skipped ticks' weight):
         # parked greenlets' frames are cold in the CPU caches, so touching them is what a tick costs.
@@ -200,21 +215,10 @@ class Profiler:
                     # A started greenlet without a saved frame is the one executing on its thread right now.
                     frame = glet.gr_frame or frames.get(activity.thread_ident)
                     if frame is not None:
-                        window.add("wall", activity.tags, self._stack(frame), base + (1 if n < extra else 0))
+                        stack = walked.get(id(frame)) or self._walk(frame)[0]
+                        window.add("wall", activity.tags, stack, base + (1 if n < extra else 0))
         if self.ticks % 1000 == 0:
             self._registry.purge_dead()
-
-        for ident, frame in frames.items():
-            if ident in own:
-                continue
-            cpu_count = self._due_cpu_samples(ident, interrupted is not None and ident == interrupted[0])
-            if cpu_count:
-                running = self._registry.running(frame)
-                tags = running.tags if running is not None else (("thread", str(ident)),)
-                window.add("cpu", tags, self._stack(frame), cpu_count)
-        for ident in [ident for ident in self._cpu_seen if ident not in frames]:
-            self._cpu_seen.pop(ident, None)
-            self._cpu_credit.pop(ident, None)
 
     def _due_wall_samples(self) -> int:
         now = self._monotonic()
@@ -240,8 +244,10 @@ class Profiler:
         self._cpu_credit[ident] = min(credit - due * period_ns, period_ns)
         return due
 
-    def _stack(self, frame: FrameType | None) -> Stack:
+    def _walk(self, frame: FrameType | None) -> tuple[Stack, FrameType | None]:
+        """The stack (root first) ending at `frame`, and its root frame (None if the stack was truncated)."""
         leaf_first: list[Frame] = []
+        root = frame
         names = self._names
         lines = self._lines
         while frame is not None and len(leaf_first) < MAX_DEPTH:
@@ -268,11 +274,12 @@ class Profiler:
                     lines.clear()
                 entry = lines[where] = Frame(info[0], info[1], info[2], frame.f_lineno or 0)
             leaf_first.append(entry)
-            frame = frame.f_back
+            root, frame = frame, frame.f_back
         if frame is not None:
             leaf_first.append(TRUNCATED)
+            root = None
         leaf_first.reverse()
-        return tuple(leaf_first)
+        return tuple(leaf_first), root
 
     def _publish(self, window: Window) -> None:
         for listener in self._on_window:
