@@ -4,6 +4,7 @@
 import http.client
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -75,9 +76,18 @@ def test_operator_endpoints_need_loopback_or_the_token(live):
 
 def test_wall_profile_of_the_live_api_names_routes(live):
     _, port = live
-    for n in range(30):
-        get(port, "/api/v1/items", auth_header(971_000_000 + n))
-    time.sleep(0.5)
+    # Enough traffic for a 100 Hz sampler to see: requests take a few ms, so keep both workers busy for ~1.5 s.
+    deadline = time.monotonic() + 1.5
+
+    def browse(n: int) -> None:
+        while time.monotonic() < deadline:
+            get(port, "/api/v1/items", auth_header(971_000_000 + n))
+
+    clients = [threading.Thread(target=browse, args=(n,)) for n in range(4)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
     status, body, _ = get(port, "/debug/pprof/profile?type=wall&seconds=30")
     assert status == 200
     profile = decode_profile(body)

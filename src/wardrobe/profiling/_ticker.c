@@ -37,6 +37,7 @@ static atomic_int outstanding;
 static atomic_llong posted, direct, refused;
 
 #define STALL_PERIODS 2
+#define IDLE_CHECK_NS 300000 /* 0.3 ms */
 
 /* CPython 3.11's Py_AddPendingCall, called from a thread other than the main one, queues the call but computes
  * the eval breaker from the *calling* thread's point of view, so it stays unset: a main thread busy in pure Python
@@ -149,8 +150,15 @@ tick_loop(void *unused)
             break;
         }
         if (gil_is_free()) {
-            run_direct();
-            continue;
+            /* A busy server lets go of the GIL for a few microseconds around every socket call; taking it
+             * then would make the main thread wait for the sample on its way back. Only a GIL that stays free
+             * (an idle hub, a long C call) is taken; otherwise the tick is posted as usual. */
+            struct timespec settle = {0, IDLE_CHECK_NS};
+            nanosleep(&settle, NULL);
+            if (gil_is_free()) {
+                run_direct();
+                continue;
+            }
         }
         if (atomic_exchange(&outstanding, 1) != 0) {
             if (++stalled >= STALL_PERIODS) {
