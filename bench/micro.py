@@ -952,6 +952,13 @@ def profiler_markdown(plan: Plan, result: dict[str, Any], target: float) -> str:
     noise = worst - best
     if worst < target:
         verdict = f"met: every round's throughput overhead was under {target:.0f} %"
+    elif overhead < target and cpu_overhead is not None and cpu_overhead < target:
+        verdict = (
+            f"met on the medians: throughput {overhead:.1f} %, CPU per request {cpu_overhead:+.1f} %. Single rounds "
+            f"spread over {noise:.0f} points (other work shares this machine), so one round cannot tell "
+            f"{target:.0f} % from noise; the medians of {len(tp['per_round'])} paired rounds are good to a few "
+            "percent, so this says the cost is small, not that it is below a given fraction of a percent"
+        )
     elif overhead >= target and (cpu_overhead is None or cpu_overhead >= target):
         verdict = f"not met: the median throughput overhead is {overhead:.1f} % (rounds {best:+.1f} % to {worst:+.1f} %)"
         if cpu_overhead is not None:
