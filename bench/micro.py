@@ -941,6 +941,16 @@ def cache_markdown(plan: Plan, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _thread_clock_line(ratio: dict[str, Any]) -> str:
+    tp, cpu = ratio["throughput_rps"], ratio.get("cpu_ms_per_request")
+    line = (
+        "- The same 100 Hz with the Python sampler-thread clock (`WARDROBE_PROFILE_CLOCK=thread`, the design before "
+        f"the native clock): throughput overhead **{(1 - tp['median']) * 100:.1f} %** "
+        f"(rounds {(1 - tp['max']) * 100:+.1f} % to {(1 - tp['min']) * 100:+.1f} %)"
+    )
+    return line + (f", CPU per request {(cpu['median'] - 1) * 100:+.1f} %." if cpu else ".")
+
+
 def profiler_markdown(plan: Plan, result: dict[str, Any], target: float) -> str:
     closed = result["summary"]["closed"]
     ratio = closed["ratios"]["profiler-100hz/profiler-off"]
@@ -988,21 +998,7 @@ def profiler_markdown(plan: Plan, result: dict[str, Any], target: float) -> str:
         f"- CPU per request, 100 Hz/off: **{_fmt(cpu_overhead, ' %', 1) if cpu else '-'}** "
         f"(rounds {_ratio_cell(cpu)}); this counts the sampler's CPU even where the machine had idle time.",
         f"- Target under {target:.0f} %: {verdict}.",
-        *(
-            [
-                f"- The same 100 Hz with the Python sampler-thread clock (`WARDROBE_PROFILE_CLOCK=thread`, the "
-                f"design before the native clock): throughput overhead "
-                f"**{(1 - thread['throughput_rps']['median']) * 100:.1f} %** (rounds "
-                f"{(1 - thread['throughput_rps']['max']) * 100:+.1f} % to {(1 - thread['throughput_rps']['min']) * 100:+.1f} %)"
-                + (
-                    f", CPU per request {(thread['cpu_ms_per_request']['median'] - 1) * 100:+.1f} %."
-                    if thread.get("cpu_ms_per_request")
-                    else "."
-                )
-            ]
-            if thread
-            else []
-        ),
+        *([_thread_clock_line(thread)] if thread else []),
         "",
         *_variant_table(plan, closed, False),
         "",

@@ -5,10 +5,10 @@
  * a few ticks' worth of scheduler latency a second, paid by every request. This thread only sleeps and, each
  * period, asks CPython (Py_AddPendingCall, documented as safe without the GIL or a thread state) to run the
  * callback on the main thread at its next bytecode boundary, in whichever greenlet is running then. At most one
- * call is outstanding. When the main thread has not picked a call up for STALL_PERIODS periods it is not running
- * bytecode (blocked in C with the GIL released, or an idle hub), so the GIL is normally free: the thread then
- * takes it and runs the callback itself, as a Python sampler thread would, so work in C and other threads is
- * still sampled on time. The callback gets one argument: True when it runs on this thread, False on the main one.
+ * call is outstanding. When nothing runs bytecode (the GIL stays free: an idle hub, a long C call), or the main
+ * thread has not picked a call up for STALL_PERIODS periods, the thread takes the GIL and runs the callback
+ * itself, as a Python sampler thread would, so idle time, work in C and other threads are sampled on time.
+ * The callback gets one argument: True when it runs on this thread, False on the main one.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -39,13 +39,6 @@ static atomic_llong posted, direct, refused;
 #define STALL_PERIODS 2
 #define IDLE_CHECK_NS 300000 /* 0.3 ms */
 
-/* CPython 3.11's Py_AddPendingCall, called from a thread other than the main one, queues the call but computes
- * the eval breaker from the *calling* thread's point of view, so it stays unset: a main thread busy in pure Python
- * would notice the call only at its next GIL release. So on 3.11 the breaker is set here afterwards, as the
- * interpreter itself does for a GIL drop request; the main thread runs the call and recomputes the breaker. (If
- * it ran the call in between, the breaker stays set until the next call or GIL switch: a few wasted checks.)
- * Elsewhere calls wait for the main thread's next GIL reacquire (microseconds on a server doing I/O), and the
- * stall path covers a main thread that never lets go. */
 static PyInterpreterState *main_interp;
 
 /* Whether no thread holds the GIL right now (an idle hub in epoll, a blocking call, a C loop that let go of it).
@@ -62,6 +55,13 @@ gil_is_free(void)
 #endif
 }
 
+/* CPython 3.11's Py_AddPendingCall, called from a thread other than the main one, queues the call but computes
+ * the eval breaker from the *calling* thread's point of view, so it stays unset: a main thread busy in pure Python
+ * would notice the call only at its next GIL release. So on 3.11 the breaker is set here afterwards, as the
+ * interpreter itself does for a GIL drop request; the main thread runs the call and recomputes the breaker. (If
+ * it ran the call in between, the breaker stays set until the next call or GIL switch: a few wasted checks.)
+ * Elsewhere calls wait for the main thread's next GIL reacquire (microseconds on a server doing I/O), and the
+ * stall path covers a main thread that never lets go. */
 static void
 wake_main(void)
 {
@@ -245,13 +245,7 @@ ticker_stop(PyObject *module, PyObject *unused)
 static PyObject *
 ticker_stats(PyObject *module, PyObject *unused)
 {
-    return Py_BuildValue("{s:O,s:O,s:L,s:L,s:L}", "running", running ? Py_True : Py_False, "wakes_main",
-#ifdef CPYTHON_311
-                         Py_True,
-#else
-                         Py_False,
-#endif
-                         "posted",
+    return Py_BuildValue("{s:O,s:L,s:L,s:L}", "running", running ? Py_True : Py_False, "posted",
                          (long long)atomic_load(&posted), "direct", (long long)atomic_load(&direct),
                          "refused", (long long)atomic_load(&refused));
 }
