@@ -6,5 +6,5 @@ MICRO_ARGS ?=
 bench-cache: ## Cache off vs. on vs. on without the local LRU on GET /api/v1/items -> bench/results/cache.{json,md}
 	@$(PY) -m bench.micro cache $(MICRO_ARGS)
 
-bench-profiler: ## Throughput with the profiler at 100 Hz vs. off -> bench/results/profiler.{json,md}
+bench-profiler: ## Throughput with the profiler off vs. 100 Hz (native and thread clocks) -> bench/results/profiler.{json,md}
 	@$(PY) -m bench.micro profiler $(MICRO_ARGS)
