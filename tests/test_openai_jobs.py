@@ -23,6 +23,11 @@ from wardrobe.redis_client import connect
 pytestmark = pytest.mark.slow
 KEYS = ["sk-burst-key-one", "sk-burst-key-two"]
 WINDOW = 4.0  # a minute, shrunk: the limits are per 4 s here
+# The headroom is what absorbs the delay between a slot's reservation in Redis and the request's arrival at
+# OpenAI (about window x headroom of it); production has 60 s x 10 % = 6 s. 6 s x 8 % leaves ~0.5 s, which a
+# busy CI box needs (4 s x 5 % = 0.2 s got one 429 in a few dozen runs).
+FULL_USE_WINDOW = 6.0
+FULL_USE_HEADROOM = 0.08
 
 
 def backlog(store: ImageStore, user_id: int, count: int) -> list[str]:
@@ -46,7 +51,15 @@ def backlog(store: ImageStore, user_id: int, count: int) -> list[str]:
         return [str(r[0]) for r in cur.fetchall()]
 
 
-def run_backlog(tmp_path, fake: FakeOpenAI, configured_rpm: int, count: int, user_id: int):
+def run_backlog(
+    tmp_path,
+    fake: FakeOpenAI,
+    configured_rpm: int,
+    count: int,
+    user_id: int,
+    window: float = WINDOW,
+    headroom: float = 0.05,
+):
     settle_unfinished_jobs()
     redis = RedisServer(tmp_path / "redis.log").start()
     env = {
@@ -58,9 +71,9 @@ def run_backlog(tmp_path, fake: FakeOpenAI, configured_rpm: int, count: int, use
         "WARDROBE_OPENAI_API_KEYS": ",".join(KEYS),
         "WARDROBE_OPENAI_BASE_URL": fake.url,
         "WARDROBE_OPENAI_RPM": str(configured_rpm),
-        "WARDROBE_OPENAI_WINDOW": str(WINDOW),
-        "WARDROBE_OPENAI_HEADROOM": "0.05",
-        "WARDROBE_OPENAI_MAX_WAIT": "10",
+        "WARDROBE_OPENAI_WINDOW": str(window),
+        "WARDROBE_OPENAI_HEADROOM": str(headroom),
+        "WARDROBE_OPENAI_MAX_WAIT": "20",  # every queued slot fits in it: no job is rescheduled mid-run
         "WARDROBE_REAPER_INTERVAL": "1",
         "WARDROBE_PROFILE_HZ": "0",
     }
@@ -94,18 +107,27 @@ def run_backlog(tmp_path, fake: FakeOpenAI, configured_rpm: int, count: int, use
 
 
 def test_a_backlog_uses_the_shared_budget_fully_without_a_single_429(tmp_path):
-    fake = FakeOpenAI(keys=KEYS, rpm=10, window=WINDOW, latency=0.05).start()
+    fake = FakeOpenAI(keys=KEYS, rpm=10, window=FULL_USE_WINDOW, latency=0.05).start()
     try:
-        states, log = run_backlog(tmp_path, fake, configured_rpm=10, count=40, user_id=880_000_001)
+        states, log = run_backlog(
+            tmp_path,
+            fake,
+            configured_rpm=10,
+            count=40,
+            user_id=880_000_001,
+            window=FULL_USE_WINDOW,
+            headroom=FULL_USE_HEADROOM,
+        )
         assert states == {"succeeded": 40}, log[-3000:]
         assert fake.rate_limited == 0
         # Steady state, after the initial burst allowance: requests per second across both keys.
         times = sorted(r.at for r in fake.requests)
         steady = times[len(times) // 4 :]
         rate = (len(steady) - 1) / (steady[-1] - steady[0])
-        limit = 2 * 10 / WINDOW
-        print(f"steady rate {rate:.2f} req/s against a limit of {limit:.2f}")
-        assert rate >= 0.9 * limit, f"{rate:.2f} req/s against a limit of {limit:.2f}"
+        limit = 2 * 10 / FULL_USE_WINDOW
+        planned = limit * (1 - FULL_USE_HEADROOM)
+        print(f"steady rate {rate:.2f} req/s; planned {planned:.2f}, limit {limit:.2f}")
+        assert rate >= 0.95 * planned, f"{rate:.2f} req/s against a planned {planned:.2f}"
         assert rate <= 1.05 * limit
     finally:
         fake.stop()
