@@ -194,6 +194,8 @@ class WardrobeStack(Stack):
             "WARDROBE_BIND": f"127.0.0.1:{self.api_port}",
             "GUNICORN_WORKERS": str(s.api_workers),
             "WARDROBE_IMAGE_WORKERS": str(s.image_workers),
+            # Beside the API one ONNX thread costs less CPU per cutout; bench-jobs gives the box to the workers.
+            "WARDROBE_ONNX_THREADS": "1" if s.worker_nice else "0",
         }
 
     def start(self) -> None:

@@ -29,7 +29,8 @@ start() { "$@" & pids+=($!); }
 
 # Background workers share this box with the API: lower CPU priority so a backlog never slows requests.
 if [ -x .venv/bin/wardrobe-worker ]; then
-    start nice -n 10 wardrobe-worker images
+    # One ONNX thread: a second one only pays off on cores the API is not using.
+    WARDROBE_ONNX_THREADS=${WARDROBE_ONNX_THREADS:-1} start nice -n 10 wardrobe-worker images
     start nice -n 5 wardrobe-worker ai --no-periodic
 fi
 start gunicorn -c conf/gunicorn.conf.py

@@ -122,6 +122,7 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("WARDROBE_U2NET_HOME", "u2net_home", _path, "var/models"),
     ("WARDROBE_IMAGE_MAX_SIDE", "image_max_side", _int(64, 8192), "1024"),
     ("WARDROBE_IMAGE_WORKERS", "image_workers", _int(1, 64), "1"),
+    ("WARDROBE_ONNX_THREADS", "onnx_threads", _int(0, 64), "0"),
     ("WARDROBE_IMAGE_WORKER_MAX_TASKS", "image_worker_max_tasks", _int(1), "200"),
     ("WARDROBE_AI_WORKERS", "ai_workers", _int(1, 1000), "32"),
     ("WARDROBE_JOB_MAX_ATTEMPTS", "job_max_attempts", _int(1, 100), "5"),
@@ -186,6 +187,7 @@ class Config:
     u2net_home: Path
     image_max_side: int
     image_workers: int
+    onnx_threads: int  # per images process; 0: the box's cores shared out among the processes
     image_worker_max_tasks: int
     ai_workers: int
     job_max_attempts: int
