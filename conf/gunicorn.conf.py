@@ -3,6 +3,8 @@
 Settings come from wardrobe.config (the only reader of the environment); see PITFALLS.md for the why of each hook.
 """
 
+import logging
+
 from wardrobe.config import Config, ConfigError
 
 try:
@@ -26,13 +28,25 @@ graceful_timeout = 30
 # No recycling by request count: at a few hundred requests/s per worker any sane limit restarts a worker every
 # minute or two, and each restart drops the keep-alive connections of every client on it (a latency spike).
 max_requests = 0
+# gunicorn_h1c (installed by gunicorn[fast]): request lines and headers parsed in C, not Python ("auto" falls
+# back to the Python parser if the extension is missing, as on a machine without a compiler).
+http_parser = "auto"
 limit_request_line = 8190
 limit_request_field_size = 16384  # Telegram init data can be a few KB
 accesslog = None  # the app writes one JSON line per request itself
+# ...and because logconfig_dict is set, gunicorn would still build its own access line for every request (about
+# 5 % of a worker's CPU under load) and hand it to a logger that drops it. This class skips that.
+logger_class = "wardrobe.serverlog.AppWritesAccessLog"
 errorlog = "-"
 loglevel = _config.log_level.lower()
 proc_name = "wardrobe-api"
 control_socket_disable = True  # no gunicornc here; avoids clashes between several local servers
+# Our formats use none of the caller's file/function/line, thread or process, so the logging module need not
+# look them up for every record (the stdlib's own "Optimization" advice); forked workers inherit this.
+logging._srcfile = None
+logging.logThreads = False
+logging.logProcesses = False
+logging.logMultiprocessing = False
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -152,6 +152,34 @@ def test_patch_records_user_corrections_and_validates(client, user):
     assert resp.status_code == 415
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"formality": NaN}',  # the stdlib's json would take these three
+        '{"notes": "\\ud800"}',
+        '{"formality": 1180591620717411303424}',
+        '{"notes": "a"',
+        "\ufeff{}",
+    ],
+)
+def test_json_that_is_not_json_is_400_and_changes_nothing(client, user, body):
+    item = upload(client, user, image_bytes()).json["item"]
+    url = f"/api/v1/items/{item['id']}"
+    resp = client.simulate_patch(url, body=body, headers={**user, "Content-Type": "application/json"})
+    assert resp.status_code == 400
+    assert resp.json["title"]
+    assert client.simulate_get(url, headers=user).json["notes"] == item["notes"]
+
+
+def test_text_beyond_ascii_round_trips_as_utf8(client, user):
+    item = upload(client, user, image_bytes()).json["item"]
+    url = f"/api/v1/items/{item['id']}"
+    resp = client.simulate_patch(url, json={"notes": "Größe M, 裙子 👗"}, headers=user)
+    assert resp.status_code == 200
+    assert "Größe M, 裙子 👗".encode() in resp.content  # UTF-8 on the wire, not \u escapes
+    assert client.simulate_get(url, headers=user).json["notes"] == "Größe M, 裙子 👗"
+
+
 def test_other_users_items_and_jobs_are_404(client, user, new_user):
     created = upload(client, user, image_bytes()).json
     item_url = f"/api/v1/items/{created['item']['id']}"

@@ -16,7 +16,7 @@ import falcon
 import falcon.inspect
 from PIL import Image
 
-from . import errors, metrics, middleware, observability
+from . import errors, jsonio, metrics, middleware, observability
 from .auth import InitDataValidator
 from .brands import CatalogueBrands, CircuitBreaker, HttpBrandClient
 from .cache import Cache, LocalLRU, NullCache
@@ -219,6 +219,9 @@ def create_app(config: Config, services: Services | None = None) -> WardrobeApp:
     ]
     app = WardrobeApp(middleware=stack, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
+    json_handler = jsonio.media_handler()
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     form = app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options
     form.max_body_part_buffer_size = 64 * 1024  # text fields only; the image is streamed with its own bound
     form.max_body_part_count = 8

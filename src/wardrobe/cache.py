@@ -16,6 +16,8 @@ from typing import Any
 from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheError, MemcacheIllegalInputError
 
+from . import jsonio
+
 KEY_PREFIX = "w:v1"
 MAX_KEY_BYTES = 250
 # Parts longer than this are hashed so that a key never approaches memcached's 250-byte limit.
@@ -67,13 +69,13 @@ class JsonSerde:
     def serialize(self, key: bytes, value: Any) -> tuple[bytes, int]:
         if isinstance(value, bytes):
             return value, 0
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), _JSON_FLAG
+        return jsonio.dumps(value), _JSON_FLAG
 
     def deserialize(self, key: bytes, value: bytes, flags: int) -> Any:
         if flags == 0:
             # incr/decr counters are stored as plain ASCII digits with the flags of their first write.
             return int(value) if value.isdigit() else value
-        return json.loads(value)
+        return jsonio.loads(value)
 
 
 class LocalLRU:

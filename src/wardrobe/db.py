@@ -17,13 +17,43 @@ from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extensions
-import psycopg2.extras
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Errors that mean the connection (or the server) is gone, not that the SQL is wrong.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+class DictCursor(psycopg2.extensions.cursor):
+    """Rows as plain dicts, each built in C by `dict(zip(...))`.
+
+    psycopg2's RealDictCursor fills every row one column at a time through a Python `__setitem__`, which was the
+    largest Python cost of a 20-item page under load.
+    """
+
+    def _columns(self) -> list[str]:
+        return [column[0] for column in self.description]
+
+    def fetchone(self) -> dict[str, Any] | None:
+        row = super().fetchone()
+        return None if row is None else dict(zip(self._columns(), row, strict=True))
+
+    def fetchmany(self, size: int | None = None) -> list[dict[str, Any]]:
+        rows = super().fetchmany(self.arraysize if size is None else size)
+        return self._dicts(rows)
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        return self._dicts(super().fetchall())
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.fetchall())
+
+    def _dicts(self, rows: list[tuple]) -> list[dict[str, Any]]:
+        if not rows:
+            return []
+        columns = self._columns()
+        return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
 class PoolTimeout(Exception):
@@ -177,7 +207,7 @@ class Pool:
             try:
                 if transaction:
                     conn.autocommit = False
-                with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                with conn.cursor(cursor_factory=DictCursor) as cur:
                     result = work(cur)
                 if transaction:
                     committing = True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -10,6 +9,7 @@ import uuid
 
 import falcon
 
+from . import jsonio
 from .auth import AuthError, InitDataValidator
 from .users import Users
 
@@ -37,7 +37,7 @@ class RequestId:
             body = resp.render_body()  # rendered once and kept by falcon, so this costs nothing extra
             length = len(body) if body else 0
         access_log.info(
-            json.dumps(
+            jsonio.dumps_text(
                 {
                     "request_id": getattr(req.context, "request_id", None),
                     "method": req.method,
@@ -46,8 +46,7 @@ class RequestId:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
                     "user_id": user.id if user else None,
                     "bytes": length,
-                },
-                separators=(",", ":"),
+                }
             )
         )
 
