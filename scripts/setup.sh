@@ -34,7 +34,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v curl >/dev/null || missing+=(curl)
-# The profiler's native clock is a small C extension (optional: the profiler falls back to a Python thread).
+# C extensions built by pip: the profiler's native clock (optional: the profiler falls back to a Python thread)
+# and gunicorn's HTTP parser, gunicorn_h1c (published as source only).
 command -v gcc >/dev/null || missing+=(gcc libc6-dev)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
     2>/dev/null || missing+=(python3-dev)

@@ -1,13 +1,17 @@
 """The real server: gunicorn with the gevent worker, driven over HTTP by a few hundred concurrent clients."""
 
 import http.client
+import runpy
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import auth_header, image_bytes, multipart, server_env
-from processes import gunicorn
+from gunicorn.config import Config as GunicornConfig
+from gunicorn.http import message
+from processes import ROOT, gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +66,24 @@ def test_access_log_lines_are_json_with_request_id(server):
     assert resp.getheader("X-Request-ID") == "probe-123"
     time.sleep(0.3)
     assert '"request_id":"probe-123"' in proc.output()
+
+
+def test_the_api_config_gets_gunicorns_c_http_parser(monkeypatch):
+    # gunicorn falls back to its Python parser silently (no gunicorn_h1c, or a setting it is incompatible with),
+    # which costs about a tenth of a worker's CPU under load.
+    monkeypatch.setenv("WARDROBE_TELEGRAM_BOT_TOKEN", "1:parser-check")
+    cfg = GunicornConfig()
+    for name, value in runpy.run_path(str(ROOT / "conf" / "gunicorn.conf.py")).items():
+        if name in cfg.settings:
+            cfg.set(name, value)
+    assert message._check_fast_parser(cfg)
+
+
+def test_a_malformed_request_line_or_header_is_a_400_from_the_c_parser(server):
+    base, _ = server
+    host, port = base.removeprefix("http://").split(":")
+    for raw in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", b"GET\x00 / HTTP/1.1\r\n\r\n"):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(raw)
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
