@@ -68,10 +68,14 @@ def test_access_log_lines_are_json_with_request_id(server):
     assert '"request_id":"probe-123"' in proc.output()
 
 
-def test_the_api_config_gets_gunicorns_c_http_parser(monkeypatch):
+def test_the_api_config_gets_gunicorns_c_http_parser(monkeypatch, tmp_path):
     # gunicorn falls back to its Python parser silently (no gunicorn_h1c, or a setting it is incompatible with),
     # which costs about a tenth of a worker's CPU under load.
     monkeypatch.setenv("WARDROBE_TELEGRAM_BOT_TOKEN", "1:parser-check")
+    monkeypatch.setenv("WARDROBE_DATA_DIR", str(tmp_path))
+    # The config file exports its metrics directory into os.environ; set here, monkeypatch takes it back after,
+    # so the processes later tests start do not all inherit (and wipe) one shared directory.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     cfg = GunicornConfig()
     for name, value in runpy.run_path(str(ROOT / "conf" / "gunicorn.conf.py")).items():
         if name in cfg.settings:
