@@ -16,7 +16,6 @@ import orjson
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 
 loads = orjson.loads
-DecodeError = orjson.JSONDecodeError
 
 
 def dumps(value: Any) -> bytes:
