@@ -3,6 +3,10 @@
 Uploads a batch of 1024x1024 photos through the API at once, then watches Postgres: images/s through background
 removal (u2netp) with one images process per core, RSS per process, and the share of the configured OpenAI RPM
 the AI worker actually uses while its backlog lasts (against the fake at a low RPM, so it stays short).
+
+Then, on a fresh stack, the steady phase: uploads arrive at random (Poisson) at the rate N users of the load test
+make them (N / 600 s), with both workers running as a worker box runs them, and upload->ready is taken from the
+jobs table: what a user waits when the images queue has a box of its own, as the fleet deploys it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import datetime as dt
 import io
 import json
 import os
+import random
 import sys
 import tempfile
 import time
@@ -23,7 +28,7 @@ from typing import Any
 import psycopg2
 
 from bench import report
-from bench.run import RESULTS, Options, prepare_database, wait_for_quiet
+from bench.run import RESULTS, Options, jobs_from_db, prepare_database, wait_for_quiet
 from bench.sampling import ProcessSampler
 from bench.seed import USER_BASE, photo
 from bench.stack import StackSettings, WardrobeStack
@@ -176,6 +181,74 @@ def run(count: int, rpm: int, options: Options, timeout: float) -> dict[str, Any
     return result
 
 
+def steady(
+    users: int, upload_every: float, duration: float, options: Options, timeout: float, seed: int = 11
+) -> dict[str, Any]:
+    """Uploads at `users / upload_every` per second (Poisson) for `duration` s on a worker box; upload->ready."""
+    prepare_database(options)
+    rate = users / upload_every
+    cores = os.cpu_count() or 1
+    rng = random.Random(seed)
+    images = [photo(4000 + i, (1024, 1280), quality=88) for i in range(8)]
+    with tempfile.TemporaryDirectory(prefix="wardrobe-bench-steady-") as work:
+        settings = StackSettings(
+            database_url=options.dsn,
+            data_dir=options.data_dir,
+            log_dir=Path(work) / "logs",
+            openai_rpm=500,  # one key's production limit
+            image_workers=cores,
+            worker_nice=False,
+        )
+        with WardrobeStack(settings) as stack:
+            sampler = ProcessSampler(stack.roles).start()
+            started = time.time()
+            futures: list[concurrent.futures.Future] = []
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                due = started
+                while True:
+                    due += rng.expovariate(rate)
+                    if due - started >= duration:
+                        break
+                    time.sleep(max(0.0, due - time.time()))
+                    serial = len(futures)
+                    futures.append(
+                        pool.submit(
+                            _upload,
+                            stack.base_url,
+                            settings.bot_token,
+                            # one upload per seeded user, from the population's second half
+                            USER_BASE + (options.population // 2 + serial) % options.population,
+                            _variant(images[serial % len(images)], serial),
+                        )
+                    )
+                item_ids = [f.result() for f in futures]
+            arrivals_end = time.time()
+            done = failed = 0
+            while time.time() - arrivals_end < timeout:
+                _, done, failed = _progress(options.dsn, item_ids)
+                if done + failed >= len(item_ids):
+                    break
+                time.sleep(0.5)
+            finished = time.time()
+            sampler.stop()
+            problems = stack.check_alive()
+    jobs = jobs_from_db(options.dsn, started - 1, arrivals_end + 1).get("process_item", {})
+    return {
+        "users": users,
+        "upload_every_s": upload_every,
+        "uploads_per_s": round(rate, 3),
+        "duration_s": duration,
+        "uploads": len(item_ids),
+        "ready": done,
+        "failed": failed,
+        "upload_to_ready_s": {k: jobs.get(k) for k in ("p50", "p95", "max")},
+        "drain_s": round(finished - arrivals_end, 1),
+        "image_processes": cores,
+        "processes": sampler.summary(started, arrivals_end),
+        "stack_problems": problems,
+    }
+
+
 def _variant(jpeg: bytes, serial: int) -> bytes:
     from PIL import Image, ImageDraw
 
@@ -212,6 +285,22 @@ def markdown(result: dict[str, Any]) -> str:
             f"{p.get('rss_mb_peak_one_process', '-')} |"
         )
     lines += ["", *[f"- {n}" for n in result["notes"]]]
+    st = result.get("steady")
+    if st:
+        wait = st["upload_to_ready_s"]
+        lines += [
+            "",
+            f"## Steady uploads: {st['users']} users' rate on a worker box",
+            "",
+            f"{st['uploads']} uploads at random, {st['uploads_per_s']}/s ({st['users']} users x one per "
+            f"{st['upload_every_s']:g} s, as in the load test) for {st['duration_s']:g} s; "
+            f"{st['image_processes']} images processes and the AI worker, OpenAI fake at 500 RPM.",
+            "",
+            f"- **upload→ready p50 {wait['p50']} s, p95 {wait['p95']} s**, max {wait['max']} s (jobs table: "
+            f"created→finished); {st['ready']} ready, {st['failed']} failed; the last one was ready "
+            f"{st['drain_s']} s after the last upload.",
+            f"- Machine busy {st['processes'].get('machine_busy') or 0:.0%} while uploads arrived.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -226,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         "--rpm", type=int, default=120, help="the fake's (and the limiter's) requests per minute"
     )
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--steady-users", type=int, default=1000, help="steady phase: this many users' upload rate (0: skip)"
+    )
+    parser.add_argument(
+        "--steady-duration", type=float, default=120.0, help="steady phase: seconds of arrivals"
+    )
+    parser.add_argument("--upload-every", type=float, default=600.0, help="mean s between one user's uploads")
     parser.add_argument("--database", default="wardrobe_bench")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument(
@@ -238,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(database=args.database, results_dir=args.results_dir, quiet_wait=args.quiet_wait)
     try:
         result = run(args.uploads, args.rpm, options, args.timeout)
+        if args.steady_users > 0:
+            if options.quiet_wait:
+                wait_for_quiet(options.quiet_wait)
+            result["steady"] = steady(
+                args.steady_users, args.upload_every, args.steady_duration, options, args.timeout
+            )
     except KeyboardInterrupt:
         print("interrupted: everything started was stopped", file=sys.stderr)
         return 130
@@ -245,7 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.results_dir / f"{result['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.results_dir / f"{result['name']}.md").write_text(markdown(result))
     print(markdown(result))
-    return 0 if not result["stack_problems"] and result["failed"] == 0 else 1
+    steady_ok = not result.get("steady") or (
+        not result["steady"]["stack_problems"] and result["steady"]["failed"] == 0
+    )
+    return 0 if not result["stack_problems"] and result["failed"] == 0 and steady_ok else 1
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ class Options:
     capsule_every: float = 900.0
     processes: int = 0  # 0: decide from the user count
     api_workers: int = 2
+    images_nice: int = 10
     ramp: float = 0.0  # 0: decide from the user count
     quiet_wait: float = 0.0  # wait up to this long for an idle machine before each run
 
@@ -97,7 +98,11 @@ def prepare_database(options: Options) -> dict[str, Any]:
 
 def stack_for(target: str, options: Options, log_dir: Path) -> Stack:
     settings = StackSettings(
-        database_url=options.dsn, data_dir=options.data_dir, log_dir=log_dir, api_workers=options.api_workers
+        database_url=options.dsn,
+        data_dir=options.data_dir,
+        log_dir=log_dir,
+        api_workers=options.api_workers,
+        images_nice=options.images_nice,
     )
     return STACKS[target](settings)
 
@@ -229,6 +234,7 @@ def measure(
             "upload_every_s": options.upload_every,
             "capsule_every_s": options.capsule_every,
             "api_workers": options.api_workers if target == "wardrobe" else "4 x 8 threads",
+            "images_worker_nice": options.images_nice if target == "wardrobe" else None,
         },
         "latency": report.latency(rows, window_start, window_end),
         "timeline": report.timeline(rows, window_start, window_end),
@@ -538,6 +544,7 @@ def _options(args: argparse.Namespace) -> Options:
         capsule_every=args.capsule_every,
         processes=args.processes,
         api_workers=args.api_workers,
+        images_nice=args.images_nice,
         ramp=args.ramp,
         quiet_wait=args.quiet_wait,
     )
@@ -567,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--capsule-every", type=float, default=900.0, help="mean s between capsule requests")
         p.add_argument("--processes", type=int, default=0, help="Locust processes (0: by user count)")
         p.add_argument("--api-workers", type=int, default=2, help="gunicorn workers of the Wardrobe API")
+        p.add_argument(
+            "--images-nice", type=int, default=10, help="nice of the images worker beside the API (ai: 5)"
+        )
         p.add_argument("--ramp", type=float, default=0.0, help="ramp-up seconds (0: by user count)")
         p.add_argument(
             "--quiet-wait",

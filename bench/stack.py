@@ -87,6 +87,7 @@ class StackSettings:
     with_workers: bool = True
     image_workers: int = 1  # processes of the images consumer (a shared box keeps one)
     worker_nice: bool = True  # below the API when they share a box
+    images_nice: int = 10  # the images consumer's nice when worker_nice (the ai consumer's is 5)
     defer_ai_worker: bool = False  # bench-jobs starts it once a backlog of analyses has built up
 
 
@@ -236,7 +237,8 @@ class WardrobeStack(Stack):
 
     def start_worker(self, queue: str) -> None:
         # As scripts/run.sh does on a shared box: a backlog of images must not slow requests.
-        nice = ["nice", "-n", "10" if queue == "images" else "5"] if self.settings.worker_nice else []
+        level = self.settings.images_nice if queue == "images" else 5
+        nice = ["nice", "-n", str(level)] if self.settings.worker_nice else []
         extra = (
             [] if queue == "images" else ["--no-periodic"]
         )  # one reaper per box, beside the images consumer

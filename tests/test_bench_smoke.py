@@ -34,3 +34,22 @@ def test_smoke_load_run_has_no_errors_and_writes_its_results(tmp_path):
     assert latency["endpoints"]["POST /api/v1/items [upload]"]["requests"] > 0
     assert all(kind["failed"] == 0 for kind in result["jobs_db"].values())
     assert "locust" in result["processes"]["roles"]
+
+
+@pytest.mark.slow
+def test_steady_uploads_on_a_worker_box_are_all_ready_and_timed(tmp_path):
+    from bench import jobs
+
+    options = run.Options(
+        database="wardrobe_bench_smoke", data_dir=tmp_path / "data", population=500, items_per_user=40
+    )
+
+    result = jobs.steady(users=120, upload_every=60.0, duration=8, options=options, timeout=120)
+
+    assert result["uploads_per_s"] == 2.0
+    assert result["uploads"] > 0
+    assert result["ready"] == result["uploads"] and result["failed"] == 0
+    assert result["stack_problems"] == []
+    wait = result["upload_to_ready_s"]
+    assert 0 < wait["p50"] <= wait["p95"] <= wait["max"]
+    assert "worker-images" in result["processes"]["roles"]
