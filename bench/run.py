@@ -49,6 +49,7 @@ class Options:
     processes: int = 0  # 0: decide from the user count
     api_workers: int = 2
     images_nice: int = 10
+    image_workers: int = 1
     ramp: float = 0.0  # 0: decide from the user count
     quiet_wait: float = 0.0  # wait up to this long for an idle machine before each run
 
@@ -103,6 +104,7 @@ def stack_for(target: str, options: Options, log_dir: Path) -> Stack:
         log_dir=log_dir,
         api_workers=options.api_workers,
         images_nice=options.images_nice,
+        image_workers=options.image_workers,
     )
     return STACKS[target](settings)
 
@@ -235,6 +237,7 @@ def measure(
             "capsule_every_s": options.capsule_every,
             "api_workers": options.api_workers if target == "wardrobe" else "4 x 8 threads",
             "images_worker_nice": options.images_nice if target == "wardrobe" else None,
+            "image_workers": options.image_workers if target == "wardrobe" else None,
         },
         "latency": report.latency(rows, window_start, window_end),
         "timeline": report.timeline(rows, window_start, window_end),
@@ -545,6 +548,7 @@ def _options(args: argparse.Namespace) -> Options:
         processes=args.processes,
         api_workers=args.api_workers,
         images_nice=args.images_nice,
+        image_workers=args.image_workers,
         ramp=args.ramp,
         quiet_wait=args.quiet_wait,
     )
@@ -576,6 +580,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--api-workers", type=int, default=2, help="gunicorn workers of the Wardrobe API")
         p.add_argument(
             "--images-nice", type=int, default=10, help="nice of the images worker beside the API (ai: 5)"
+        )
+        p.add_argument(
+            "--image-workers",
+            type=int,
+            default=1,
+            help="images worker processes beside the API, one ONNX thread each",
         )
         p.add_argument("--ramp", type=float, default=0.0, help="ramp-up seconds (0: by user count)")
         p.add_argument(

@@ -85,7 +85,7 @@ class StackSettings:
     u2net_home: Path = ROOT / "var" / "models"
     bot_token: str = BENCH_BOT_TOKEN
     with_workers: bool = True
-    image_workers: int = 1  # processes of the images consumer (a shared box keeps one)
+    image_workers: int = 1  # processes of the images consumer (a shared box keeps one: see bench/README.md)
     worker_nice: bool = True  # below the API when they share a box
     images_nice: int = 10  # the images consumer's nice when worker_nice (the ai consumer's is 5)
     defer_ai_worker: bool = False  # bench-jobs starts it once a backlog of analyses has built up

@@ -121,9 +121,14 @@ def test_the_request_is_a_low_detail_vision_call_with_a_strict_schema(fake, make
     assert fake.count(key=KEY_ONE) == 1
     image_part = next(p for p in body["messages"][-1]["content"] if p["type"] == "image_url")
     assert image_part["image_url"]["detail"] == "low"
-    assert image_part["image_url"]["url"].startswith("data:image/png;base64,")
+    assert image_part["image_url"]["url"].startswith("data:image/jpeg;base64,")
     sent = Image.open(io.BytesIO(base64.b64decode(image_part["image_url"]["url"].split(",", 1)[1])))
+    assert sent.format == "JPEG" and sent.mode == "RGB"
     assert max(sent.size) <= 512
+    # Flattened onto the light backdrop, the garment's colour intact.
+    assert all(abs(c - 236) <= 6 for c in sent.getpixel((2, 2)))
+    red = sent.getpixel((100, 120))
+    assert red[0] > 170 and red[1] < 60 and red[2] < 70
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["strict"] is True
 
