@@ -53,10 +53,15 @@ def measurements(results: Path) -> dict[str, Any]:
     if load is not None:
         capsules = load["latency"]["endpoints"].get("POST /api/v1/capsules", {}).get("requests", 0)
         capsules_per_user_hour = capsules / load["params"]["duration"] / load["params"]["users"] * 3600
+    # Whether one shared box also kept up with its uploads: if not, even one API box gets a worker box.
+    shared_upload_ok = None
+    if load is not None:
+        shared_upload_ok = bool(load["verdict"].get("upload_to_ready_p95_under_30s"))
     return {
         "users_per_box": users_per_box,
         "users_per_box_source": source,
         "measured": measured_at,
+        "shared_box_keeps_up_with_uploads": shared_upload_ok,
         "uploads_per_user_hour": rates.get("uploads_per_user_hour"),
         "capsules_per_user_hour": capsules_per_user_hour,
         "rates_source": load["name"] if load else None,
@@ -73,7 +78,19 @@ def fleet(users: int, m: dict[str, Any], prices: dict[str, Any]) -> dict[str, An
     capsules = m["capsules_per_user_hour"] or model["default_capsules_per_user_hour"]
     images_needed = users * uploads / 3600 * model["peak_factor"]
     openai_rpm = users * (uploads + capsules) / 60 * model["peak_factor"]  # one call per analysis or capsule
-    keys = max(1, math.ceil(openai_rpm / model["openai_rpm_per_key"]))
+    openai_tpm = (
+        users
+        * (uploads * model["analysis_tokens"] + capsules * model["capsule_tokens"])
+        / 60
+        * model["peak_factor"]
+    )
+    usable = 1 - model["openai_headroom"]
+    # Keys by whichever budget binds first: with max_completion_tokens counted up front, it is tokens.
+    keys = max(
+        1,
+        math.ceil(openai_rpm / (model["openai_rpm_per_key"] * usable)),
+        math.ceil(openai_tpm / (model["openai_tpm_per_key"] * usable)),
+    )
     per_worker_box = None
     if m["images_per_s_measured_box"]:
         per_worker_box = (
@@ -81,9 +98,16 @@ def fleet(users: int, m: dict[str, Any], prices: dict[str, Any]) -> dict[str, An
         )
     single = api_boxes == 1
     if api_boxes is None:
-        return {"users": users, "api_boxes": None, "openai_rpm": round(openai_rpm), "openai_keys": keys}
-    # One box: everything shares it, as measured. More: workers, Redis and Postgres move to their own boxes.
-    if single:
+        return {
+            "users": users,
+            "api_boxes": None,
+            "openai_rpm": round(openai_rpm),
+            "openai_tpm": round(openai_tpm),
+            "openai_keys": keys,
+        }
+    # One box: everything shares it, as measured, unless the load test saw its uploads fall behind (then the
+    # images queue gets a box of its own). More: workers, Redis and Postgres move to their own boxes.
+    if single and m.get("shared_box_keeps_up_with_uploads") is not False:
         worker_boxes = 0
     elif per_worker_box:
         worker_boxes = math.ceil(images_needed / (per_worker_box * model["target_utilisation"]))
@@ -108,6 +132,7 @@ def fleet(users: int, m: dict[str, Any], prices: dict[str, Any]) -> dict[str, An
         "load_balancers": balancers,
         "images_per_s_needed": round(images_needed, 2),
         "openai_rpm": round(openai_rpm),
+        "openai_tpm": round(openai_tpm),
         "openai_keys": keys,
         "monthly_usd": round(cost),
     }
@@ -145,7 +170,7 @@ def table(users_list: list[int], m: dict[str, Any], prices: dict[str, Any]) -> s
         f"(utilisation target {prices['model']['target_utilisation']:.0%}, peak factor "
         f"{prices['model']['peak_factor']}).",
         "",
-        "| users | API boxes (2 CPU) | worker boxes (4 CPU) | Redis | Postgres | LB | OpenAI RPM (keys) "
+        "| users | API boxes (2 CPU) | worker boxes (4 CPU) | Redis | Postgres | LB | OpenAI RPM / TPM (keys) "
         "| $/month | original plan: backends + LB + Redis | original $/month | cost ratio |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
@@ -153,7 +178,8 @@ def table(users_list: list[int], m: dict[str, Any], prices: dict[str, Any]) -> s
         ours, theirs = fleet(users, m, prices), original(users, prices)
         if ours["api_boxes"] is None:
             lines.append(
-                f"| {users:,} | not measured | | | | | {ours['openai_rpm']} ({ours['openai_keys']}) | | "
+                f"| {users:,} | not measured | | | | | {ours['openai_rpm']:,} / {ours['openai_tpm']:,} "
+                f"({ours['openai_keys']}) | | "
                 f"{theirs['backends']} + {theirs['load_balancers']} + {theirs['redis_boxes']} "
                 f"| {theirs['monthly_usd']:,} | |"
             )
@@ -161,18 +187,23 @@ def table(users_list: list[int], m: dict[str, Any], prices: dict[str, Any]) -> s
         ratio = theirs["monthly_usd"] / ours["monthly_usd"] if ours["monthly_usd"] else None
         lines.append(
             f"| {users:,} | {ours['api_boxes']} | {_num(ours['worker_boxes'])} | {ours['redis_boxes']} "
-            f"| {ours['postgres_boxes']} | {ours['load_balancers']} | {ours['openai_rpm']:,} ({ours['openai_keys']}) "
+            f"| {ours['postgres_boxes']} | {ours['load_balancers']} | {ours['openai_rpm']:,} / "
+            f"{ours['openai_tpm']:,} ({ours['openai_keys']}) "
             f"| {ours['monthly_usd']:,} | {theirs['backends']} (own rule {theirs['backends_by_own_rule']}) + "
             f"{theirs['load_balancers']} + {theirs['redis_boxes']} | {theirs['monthly_usd']:,} "
             f"| {f'{ratio:.1f}x' if ratio else '-'} |"
         )
     lines += [
         "",
-        "One box runs everything (API, workers, Postgres, Redis, memcached), as measured. Beyond one box, workers, "
+        "One box runs everything (API, workers, Postgres, Redis, memcached), as measured, unless the latest load "
+        "test's upload→ready missed its target on the shared box: then the images queue gets a worker box even "
+        "beside a single API box. Beyond one box, workers, "
         "Redis (Sentinel trio) and Postgres get their own boxes; memcached stays on the API boxes. The original plan's "
         "backends scale linearly from its own 1,000-user estimate (15 backends + LB + 3 Redis); its Redis stays at "
         "three and it gets one balancer per 50 backends, both in its favour. OpenAI usage is billed per "
-        "token and is the same for both; only the request budget (keys) is shown.",
+        "token and is the same for both; only the rate budgets are shown: keys are counted by requests and by tokens "
+        "per minute (a call is charged its prompt plus max_completion_tokens when sent), less the limiter's headroom, "
+        "and tokens bind first.",
     ]
     return "\n".join(lines) + "\n"
 

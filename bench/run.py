@@ -50,6 +50,7 @@ class Options:
     api_workers: int = 2
     images_nice: int = 10
     image_workers: int = 1
+    openai_keys: int = 2
     ramp: float = 0.0  # 0: decide from the user count
     quiet_wait: float = 0.0  # wait up to this long for an idle machine before each run
 
@@ -105,6 +106,7 @@ def stack_for(target: str, options: Options, log_dir: Path) -> Stack:
         api_workers=options.api_workers,
         images_nice=options.images_nice,
         image_workers=options.image_workers,
+        openai_keys=options.openai_keys,
     )
     return STACKS[target](settings)
 
@@ -238,6 +240,7 @@ def measure(
             "api_workers": options.api_workers if target == "wardrobe" else "4 x 8 threads",
             "images_worker_nice": options.images_nice if target == "wardrobe" else None,
             "image_workers": options.image_workers if target == "wardrobe" else None,
+            "openai_keys": options.openai_keys if target == "wardrobe" else None,
         },
         "latency": report.latency(rows, window_start, window_end),
         "timeline": report.timeline(rows, window_start, window_end),
@@ -549,6 +552,7 @@ def _options(args: argparse.Namespace) -> Options:
         api_workers=args.api_workers,
         images_nice=args.images_nice,
         image_workers=args.image_workers,
+        openai_keys=args.openai_keys,
         ramp=args.ramp,
         quiet_wait=args.quiet_wait,
     )
@@ -586,6 +590,13 @@ def main(argv: list[str] | None = None) -> int:
             type=int,
             default=1,
             help="images worker processes beside the API, one ONNX thread each",
+        )
+        p.add_argument(
+            "--openai-keys",
+            type=int,
+            default=2,
+            help="OpenAI keys the workers rotate (each 500 RPM, 200k TPM): one key's TPM is nearly all "
+            "that 1,000 users' average demand takes",
         )
         p.add_argument("--ramp", type=float, default=0.0, help="ramp-up seconds (0: by user count)")
         p.add_argument(

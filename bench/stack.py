@@ -80,7 +80,8 @@ class StackSettings:
     log_dir: Path
     redis_url: str = "redis://127.0.0.1:6379/3"
     api_workers: int = 2
-    openai_rpm: int = 500
+    openai_rpm: int = 500  # per key, as OpenAI limits it
+    openai_keys: int = 1  # keys the workers rotate through, each with its own RPM and TPM budget
     openai_latency_ms: int = 200
     u2net_home: Path = ROOT / "var" / "models"
     bot_token: str = BENCH_BOT_TOKEN
@@ -135,6 +136,10 @@ class Stack:
         self.started.append(started)
         return started
 
+    def openai_keys(self) -> list[str]:
+        count = max(1, self.settings.openai_keys)
+        return [OPENAI_KEY] + [f"{OPENAI_KEY}-{n}" for n in range(2, count + 1)]
+
     def start_openai(self) -> None:
         port = free_port()
         self.spawn(
@@ -150,7 +155,7 @@ class Stack:
                 "--latency-ms",
                 str(self.settings.openai_latency_ms),
                 "--keys",
-                OPENAI_KEY,
+                ",".join(self.openai_keys()),
             ],
             {},
         )
@@ -188,7 +193,7 @@ class WardrobeStack(Stack):
             "WARDROBE_TELEGRAM_BOT_TOKEN": s.bot_token,
             "WARDROBE_REDIS_URL": s.redis_url,
             "WARDROBE_MEMCACHED_SERVERS": f"127.0.0.1:{self.memcached_port}",
-            "WARDROBE_OPENAI_API_KEYS": OPENAI_KEY,
+            "WARDROBE_OPENAI_API_KEYS": ",".join(self.openai_keys()),
             "WARDROBE_OPENAI_BASE_URL": self.openai_url,
             "WARDROBE_OPENAI_RPM": str(s.openai_rpm),
             "WARDROBE_U2NET_HOME": str(s.u2net_home),
