@@ -12,6 +12,7 @@ main thread for scheduler latency, which cost a third of the API's throughput in
 
 from __future__ import annotations
 
+import atexit
 import logging
 import random
 import sys
@@ -82,6 +83,7 @@ class Profiler:
         self._wall_credit = 0.0
         self._last_tick: float | None = None
         self._stop: os_threads.RealEvent | None = None
+        self._stop_registered = False
         self._finished: os_threads.RealEvent | None = None
         self.ticks = 0
         self.sampler_cpu_seconds = 0.0
@@ -97,6 +99,11 @@ class Profiler:
             return
         self._stop = os_threads.RealEvent()
         self._last_tick = None
+        if not self._stop_registered:
+            # A process that exits without stopping us (a Huey worker) must not leave the native clock ticking
+            # into interpreter finalization, where a tick finds the modules torn down.
+            atexit.register(self.stop)
+            self._stop_registered = True
         if self.clock_mode == "native" and _ticker is not None:
             try:
                 _ticker.start(self._native_tick, self.period)
@@ -111,7 +118,7 @@ class Profiler:
         self._finished = os_threads.spawn(self._run)
 
     def stop(self, timeout: float = 2.0) -> None:
-        if self._stop is None:
+        if self._stop is None or self._stop.is_set():
             return
         self._stop.set()
         if self.clock == "native" and _ticker is not None:
