@@ -49,13 +49,11 @@ def measurements(results: Path) -> dict[str, Any]:
         users_per_box = passing["params"]["users"]
         source, measured_at = f"passing load run {passing['name']}", passing
     rates = (load or {}).get("rates") or {}
-    capsules_per_user_hour = None
+    capsules_per_user_hour = shared_upload_ok = None
     if load is not None:
         capsules = load["latency"]["endpoints"].get("POST /api/v1/capsules", {}).get("requests", 0)
         capsules_per_user_hour = capsules / load["params"]["duration"] / load["params"]["users"] * 3600
-    # Whether one shared box also kept up with its uploads: if not, even one API box gets a worker box.
-    shared_upload_ok = None
-    if load is not None:
+        # Whether the shared box also kept up with its uploads: if not, even one API box gets a worker box.
         shared_upload_ok = bool(load["verdict"].get("upload_to_ready_p95_under_30s"))
     return {
         "users_per_box": users_per_box,

@@ -83,7 +83,6 @@ class Profiler:
         self._wall_credit = 0.0
         self._last_tick: float | None = None
         self._stop: os_threads.RealEvent | None = None
-        self._stop_registered = False
         self._finished: os_threads.RealEvent | None = None
         self.ticks = 0
         self.sampler_cpu_seconds = 0.0
@@ -99,11 +98,10 @@ class Profiler:
             return
         self._stop = os_threads.RealEvent()
         self._last_tick = None
-        if not self._stop_registered:
-            # A process that exits without stopping us (a Huey worker) must not leave the native clock ticking
-            # into interpreter finalization, where a tick finds the modules torn down.
-            atexit.register(self.stop)
-            self._stop_registered = True
+        # A process that exits without stopping us (a Huey worker) must not leave the native clock ticking
+        # into interpreter finalization, where a tick finds the modules torn down. Once per profiler.
+        atexit.unregister(self.stop)
+        atexit.register(self.stop)
         if self.clock_mode == "native" and _ticker is not None:
             try:
                 _ticker.start(self._native_tick, self.period)
@@ -118,7 +116,7 @@ class Profiler:
         self._finished = os_threads.spawn(self._run)
 
     def stop(self, timeout: float = 2.0) -> None:
-        if self._stop is None or self._stop.is_set():
+        if not self.running:
             return
         self._stop.set()
         if self.clock == "native" and _ticker is not None:
@@ -159,7 +157,7 @@ class Profiler:
     def _native_tick(self, direct: bool) -> None:
         """Called by the native clock: on the main thread between two bytecodes of whatever was running, or
         (`direct`) on the clock's own thread while the main thread is blocked outside the interpreter."""
-        if self._stop is None or self._stop.is_set():
+        if not self.running:
             return
         began = time.thread_time_ns()
         try:
