@@ -43,6 +43,38 @@ def photo(seed: int, size: tuple[int, int] = (1024, 1280), quality: int = 88) ->
     return out.getvalue()
 
 
+def garment_photo(
+    size=(800, 800), fmt="JPEG", mode="RGB", colour=(190, 25, 35), bed=(232, 230, 224), seed=7
+) -> bytes:
+    """A shaded shirt (red by default) flat on a lightly textured bed, with sensor noise: a garment photo whose true
+    mask is known."""
+    width, height = size
+    img = Image.new("RGB", size, bed)
+    draw = ImageDraw.Draw(img)
+    rng = random.Random(seed)
+    for _ in range(40):
+        x, y, r = rng.randrange(width), rng.randrange(height), rng.randrange(10, max(11, width // 6))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(c + rng.randrange(-17, 13) for c in bed))
+    sx, sy = width / 640, height / 640
+    shirt = [(200, 120), (440, 120), (560, 260), (470, 300), (450, 560), (190, 560), (170, 300), (80, 260)]
+    draw.polygon([(x * sx, y * sy) for x, y in shirt], fill=colour)
+    img = img.filter(ImageFilter.GaussianBlur(1.5))
+    img = Image.blend(img, Image.effect_noise(size, 25).convert("RGB"), 0.06)
+    out = io.BytesIO()
+    img.convert(mode).save(out, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+# Garments in several colours on several beds, including low-contrast pairs (grey on grey, navy on dark wood).
+GARMENTS = [
+    dict(size=(1000, 900)),
+    dict(size=(900, 1200), colour=(30, 40, 90), bed=(90, 70, 55), seed=3),
+    dict(size=(768, 1024), colour=(150, 150, 150), bed=(200, 200, 205), seed=5),
+    dict(size=(1080, 1350), colour=(240, 240, 235), bed=(120, 160, 190), seed=11),
+    dict(size=(1024, 768), colour=(40, 140, 60), bed=(245, 240, 230), seed=13),
+]
+
+
 def cutout(seed: int, size: tuple[int, int] = (512, 640)) -> bytes:
     rng = random.Random(seed)
     img = Image.new("RGBA", size, (0, 0, 0, 0))

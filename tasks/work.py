@@ -121,8 +121,13 @@ def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], pr
             # same work for ~7 % less CPU per cutout: a second ONNX thread only pays off on idle cores).
             threads = config.onnx_threads or max(1, (os.cpu_count() or 1) // max(processes, 1))
             runner.remover = BackgroundRemover(
-                config.rembg_model, config.u2net_home, threads=threads, max_side=config.image_max_side
+                config.rembg_model,
+                config.u2net_home,
+                threads=threads,
+                max_side=config.image_max_side,
+                precision=config.cutout_precision,
             )
+            log.info("cutouts run on %s with %d thread(s)", runner.remover.engine, threads)
         else:
             runner.analyzer = build_analyzer(config, redis_client)
         log.info("worker runtime ready for the %s queue (pid %s)", queue, os.getpid())

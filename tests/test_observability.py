@@ -99,7 +99,7 @@ def test_wall_profile_of_the_live_api_names_routes(live):
     assert status == 200 and b"<html" in page.lower()
 
 
-def test_the_api_never_loads_rembg_or_onnxruntime(live):
+def test_the_api_never_loads_rembg_or_an_inference_engine(live):
     proc, _ = live
     workers = subprocess.run(
         ["pgrep", "-P", str(proc.proc.pid)], capture_output=True, text=True
@@ -107,8 +107,11 @@ def test_the_api_never_loads_rembg_or_onnxruntime(live):
     assert workers
     for pid in [proc.proc.pid, *workers]:
         maps = Path(f"/proc/{pid}/maps").read_text()
-        assert "onnxruntime" not in maps and "rembg" not in maps
-    probe = "import sys, wardrobe.wsgi; print(sorted(m for m in sys.modules if m.split('.')[0] in ('rembg', 'onnxruntime')))"
+        assert "onnxruntime" not in maps and "rembg" not in maps and "openvino" not in maps
+    probe = (
+        "import sys, wardrobe.wsgi; print(sorted(m for m in sys.modules"
+        " if m.split('.')[0] in ('rembg', 'onnxruntime', 'openvino')))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,

@@ -123,6 +123,7 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("WARDROBE_IMAGE_MAX_SIDE", "image_max_side", _int(64, 8192), "1024"),
     ("WARDROBE_IMAGE_WORKERS", "image_workers", _int(1, 64), "1"),
     ("WARDROBE_ONNX_THREADS", "onnx_threads", _int(0, 64), "0"),
+    ("WARDROBE_CUTOUT_PRECISION", "cutout_precision", _choice("auto", "bf16", "f32"), "auto"),
     ("WARDROBE_IMAGE_WORKER_MAX_TASKS", "image_worker_max_tasks", _int(1), "200"),
     ("WARDROBE_AI_WORKERS", "ai_workers", _int(1, 1000), "32"),
     ("WARDROBE_JOB_MAX_ATTEMPTS", "job_max_attempts", _int(1, 100), "5"),
@@ -188,6 +189,7 @@ class Config:
     image_max_side: int
     image_workers: int
     onnx_threads: int  # per images process; 0: the box's cores shared out among the processes
+    cutout_precision: str  # auto: bf16 (OpenVINO) where the CPU does it natively, else f32 (onnxruntime)
     image_worker_max_tasks: int
     ai_workers: int
     job_max_attempts: int
