@@ -6,7 +6,7 @@ STEP_DURATION ?= 60
 BENCH_ARGS ?=
 CAPACITY_USERS = $(if $(filter command line environment,$(origin USERS)),$(USERS),1000,10000,100000)
 
-.PHONY: bench bench-sweep bench-compare bench-jobs capacity bench-smoke bench-services
+.PHONY: bench bench-sweep bench-compare bench-jobs bench-precision capacity bench-smoke bench-services
 
 bench-services:
 	@scripts/setup.sh --no-services
@@ -23,6 +23,10 @@ bench-compare: bench-services ## Same scenario against the original architecture
 
 bench-jobs: bench-services ## Images/s per worker box (u2netp, 1024 px), RSS per process, OpenAI RPM used
 	@$(PY) -m bench.jobs $(BENCH_ARGS)
+
+bench-precision: ## bf16 vs float32 cutout masks (IoU, alpha difference) and CPU per mask
+	@scripts/setup.sh --no-services
+	@$(PY) -m bench.precision $(BENCH_ARGS)
 
 capacity: ## Fleet size and monthly cost from the latest results (USERS=1000,10000,100000)
 	@$(PY) -m bench.capacity --users $(CAPACITY_USERS)

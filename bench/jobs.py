@@ -32,6 +32,7 @@ from bench.run import RESULTS, Options, jobs_from_db, prepare_database, wait_for
 from bench.sampling import ProcessSampler
 from bench.seed import USER_BASE, photo
 from bench.stack import StackSettings, WardrobeStack
+from tasks.removal import resolve_precision
 from wardrobe.auth import sign_init_data
 
 
@@ -103,6 +104,7 @@ def run(count: int, rpm: int, options: Options, timeout: float) -> dict[str, Any
             openai_rpm=rpm,
             image_workers=cores,  # a worker box: one images process per core
             worker_nice=False,
+            cutout_precision=options.cutout_precision,
             defer_ai_worker=True,  # images first, alone; then the AI worker meets a full backlog
         )
         with WardrobeStack(settings) as stack:
@@ -157,6 +159,7 @@ def run(count: int, rpm: int, options: Options, timeout: float) -> dict[str, Any
             "model": "u2netp",
             "image_processes": cores,
             "openai_rpm": rpm,
+            "cutout_precision": resolve_precision(options.cutout_precision),
         },
         "upload_seconds": round(uploaded - started, 1),
         "images_per_s_per_box": round(images_per_s, 2) if images_per_s else None,
@@ -198,6 +201,7 @@ def steady(
             openai_rpm=500,  # one key's production limit
             image_workers=cores,
             worker_nice=False,
+            cutout_precision=options.cutout_precision,
         )
         with WardrobeStack(settings) as stack:
             sampler = ProcessSampler(stack.roles).start()
@@ -265,7 +269,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Background jobs on one worker box ({result['started_at']})",
         "",
         f"{result['machine']['cpu']}, {result['machine']['cores']} cores. {result['params']['uploads']} uploads of "
-        f"1024x1024 JPEGs, u2netp, {result['params']['image_processes']} images processes; OpenAI fake at "
+        f"1024x1024 JPEGs, u2netp in {result['params'].get('cutout_precision', 'f32')}, "
+        f"{result['params']['image_processes']} images processes; OpenAI fake at "
         f"{result['params']['openai_rpm']} RPM.",
         "",
         f"- Background removal: **{result['images_per_s_per_box']} images/s per box** "
@@ -322,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         "--steady-duration", type=float, default=120.0, help="steady phase: seconds of arrivals"
     )
     parser.add_argument("--upload-every", type=float, default=600.0, help="mean s between one user's uploads")
+    parser.add_argument(
+        "--cutout-precision",
+        choices=("auto", "bf16", "f32"),
+        default="auto",
+        help="WARDROBE_CUTOUT_PRECISION",
+    )
     parser.add_argument("--database", default="wardrobe_bench")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument(
@@ -331,7 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     from bench.run import _terminate_on_sigterm
 
     _terminate_on_sigterm()
-    options = Options(database=args.database, results_dir=args.results_dir, quiet_wait=args.quiet_wait)
+    options = Options(
+        database=args.database,
+        results_dir=args.results_dir,
+        quiet_wait=args.quiet_wait,
+        cutout_precision=args.cutout_precision,
+    )
     try:
         result = run(args.uploads, args.rpm, options, args.timeout)
         if args.steady_users > 0:

@@ -179,6 +179,16 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
         f"{result['started_at']} on {result['machine']['cpu'] or 'unknown CPU'}, {result['machine']['cores']} "
         f"cores, {result['machine']['memory_gb']} GB. Measured {params['duration']} s after a {params['ramp']} s "
         f"ramp-up and {params.get('settle', 0)} s to settle; think time 1-3 s; population {params['population']} users x {params['items_per_user']} items.",
+        *(
+            [
+                "",
+                f"Stack: {params['api_workers']} API workers; images worker at nice "
+                f"{params.get('images_worker_nice')}, {params.get('image_workers')} process(es), cutouts in "
+                f"{params['cutout_precision']}; {params.get('openai_keys')} OpenAI key(s).",
+            ]
+            if params.get("cutout_precision")
+            else []
+        ),
         "",
         f"**{'PASS' if v['passed'] else 'FAIL'}** — every endpoint p95 < 2 s: "
         f"{'yes' if v['every_endpoint_p95_under_2s'] else 'no'} (worst {v['worst_endpoint']} "

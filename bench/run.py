@@ -25,6 +25,7 @@ from typing import Any
 from bench import report, seed
 from bench.sampling import ProcessSampler, QueueSampler, scrape_cache_counts
 from bench.stack import BIN, ROOT, STACKS, Stack, StackSettings
+from tasks.removal import resolve_precision
 
 RESULTS = ROOT / "bench" / "results"
 SWEEP_STEPS = [250, 500, 1000, 2000, 4000, 8000, 16000]
@@ -51,6 +52,7 @@ class Options:
     images_nice: int = 10
     image_workers: int = 1
     openai_keys: int = 2
+    cutout_precision: str = "auto"
     ramp: float = 0.0  # 0: decide from the user count
     quiet_wait: float = 0.0  # wait up to this long for an idle machine before each run
 
@@ -107,6 +109,7 @@ def stack_for(target: str, options: Options, log_dir: Path) -> Stack:
         images_nice=options.images_nice,
         image_workers=options.image_workers,
         openai_keys=options.openai_keys,
+        cutout_precision=options.cutout_precision,
     )
     return STACKS[target](settings)
 
@@ -241,6 +244,7 @@ def measure(
             "images_worker_nice": options.images_nice if target == "wardrobe" else None,
             "image_workers": options.image_workers if target == "wardrobe" else None,
             "openai_keys": options.openai_keys if target == "wardrobe" else None,
+            "cutout_precision": resolve_precision(options.cutout_precision) if target == "wardrobe" else None,
         },
         "latency": report.latency(rows, window_start, window_end),
         "timeline": report.timeline(rows, window_start, window_end),
@@ -553,6 +557,7 @@ def _options(args: argparse.Namespace) -> Options:
         images_nice=args.images_nice,
         image_workers=args.image_workers,
         openai_keys=args.openai_keys,
+        cutout_precision=args.cutout_precision,
         ramp=args.ramp,
         quiet_wait=args.quiet_wait,
     )
@@ -597,6 +602,13 @@ def main(argv: list[str] | None = None) -> int:
             default=2,
             help="OpenAI keys the workers rotate (each 500 RPM, 200k TPM): one key's TPM is nearly all "
             "that 1,000 users' average demand takes",
+        )
+        p.add_argument(
+            "--cutout-precision",
+            choices=("auto", "bf16", "f32"),
+            default="auto",
+            help="the images worker's WARDROBE_CUTOUT_PRECISION (auto: bf16 where native); the baseline "
+            "always runs rembg in float32",
         )
         p.add_argument("--ramp", type=float, default=0.0, help="ramp-up seconds (0: by user count)")
         p.add_argument(

@@ -89,6 +89,7 @@ class StackSettings:
     image_workers: int = 1  # processes of the images consumer (a shared box keeps one: see bench/README.md)
     worker_nice: bool = True  # below the API when they share a box
     images_nice: int = 10  # the images consumer's nice when worker_nice (the ai consumer's is 5)
+    cutout_precision: str = "auto"  # WARDROBE_CUTOUT_PRECISION of the images consumer
     defer_ai_worker: bool = False  # bench-jobs starts it once a backlog of analyses has built up
 
 
@@ -202,6 +203,7 @@ class WardrobeStack(Stack):
             "WARDROBE_IMAGE_WORKERS": str(s.image_workers),
             # Beside the API one ONNX thread costs less CPU per cutout; bench-jobs gives the box to the workers.
             "WARDROBE_ONNX_THREADS": "1" if s.worker_nice else "0",
+            "WARDROBE_CUTOUT_PRECISION": s.cutout_precision,
         }
 
     def start(self) -> None:
