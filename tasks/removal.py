@@ -10,8 +10,8 @@ Two engines run the model (`precision`):
 - "f32": onnxruntime in float32, rembg's own numbers;
 - "bf16": OpenVINO with bfloat16 convolutions, on CPUs that do bf16 maths natively (AVX512_BF16 or AMX). Half the
   CPU per inference (about 0.24 vs 0.48 CPU-s here); on garment photos the mask matches float32's (IoU >= 0.99),
-  and `tests/test_removal.py` holds it to that. Where the photo is ambiguous (no clear subject), bf16's masks
-  drift further from float32's than a JPEG re-encode of the input moves them: README, "Cutout precision".
+  and `tests/test_removal.py` holds it to that. On other photos bf16's masks drift further from float32's than a
+  JPEG re-encode of the input moves them, most where there is no clear subject: README, "Cutout precision".
 - "auto" (the default): bf16 where the CPU has it natively and OpenVINO is installed, else f32.
 """
 
