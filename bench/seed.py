@@ -12,6 +12,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import psycopg2
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -20,6 +21,15 @@ from wardrobe.images import ImageStore
 USER_BASE = 7_000_000_000  # far above the ids tests and people use
 SEED_SOURCE = "seed"  # items.analysis->>'source' and capsules.source of seeded rows
 IMAGE_COUNT = 6
+
+
+def noise(size: tuple[int, int], sigma: float, seed: int) -> Image.Image:
+    """Grey Gaussian noise around 128, as `Image.effect_noise` makes it, but from a seeded generator. effect_noise
+    draws from C's rand(), so the same photo came out as other bytes after other noise had been drawn in the
+    process, and a kept population then pointed at images that a new store did not have."""
+    width, height = size
+    values = np.random.default_rng(seed).normal(128.0, sigma, (height, width))
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8)).convert("RGB")
 
 
 def photo(seed: int, size: tuple[int, int] = (1024, 1280), quality: int = 88) -> bytes:
@@ -36,8 +46,7 @@ def photo(seed: int, size: tuple[int, int] = (1024, 1280), quality: int = 88) ->
         draw.ellipse((x - r, y - r, x + r, y + r), fill=shade)
     img = img.filter(ImageFilter.GaussianBlur(3))
     # Sensor-like noise keeps JPEG sizes in the 100-400 KB range that real uploads have.
-    noise = Image.effect_noise(size, rng.randrange(18, 30)).convert("RGB")
-    img = Image.blend(img, noise, 0.18)
+    img = Image.blend(img, noise(size, rng.randrange(18, 30), seed), 0.18)
     out = io.BytesIO()
     img.save(out, "JPEG", quality=quality)
     return out.getvalue()
@@ -59,7 +68,7 @@ def garment_photo(
     shirt = [(200, 120), (440, 120), (560, 260), (470, 300), (450, 560), (190, 560), (170, 300), (80, 260)]
     draw.polygon([(x * sx, y * sy) for x, y in shirt], fill=colour)
     img = img.filter(ImageFilter.GaussianBlur(1.5))
-    img = Image.blend(img, Image.effect_noise(size, 25).convert("RGB"), 0.06)
+    img = Image.blend(img, noise(size, 25, seed), 0.06)
     out = io.BytesIO()
     img.convert(mode).save(out, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return out.getvalue()
@@ -183,9 +192,20 @@ def seed(
                 (user_base, user_base, last),
             )
             extra_users = cur.fetchone()[0]
-            rebuilt = have != (users, users * items_per_user, users) or extra_users > 0
+            # A population seeded from other image bytes (another Pillow encodes the same photo differently)
+            # points at files this store does not have: every image request would be a 404.
+            cur.execute(
+                "SELECT EXISTS (SELECT 1 FROM items WHERE user_id BETWEEN %s AND %s AND analysis->>'source' = %s"
+                " AND NOT (image_key = ANY(%s) AND cutout_key = ANY(%s)))",
+                (first, last, SEED_SOURCE, originals, cutouts),
+            )
+            stale_images = cur.fetchone()[0]
+            rebuilt = have != (users, users * items_per_user, users) or extra_users > 0 or stale_images
             if rebuilt:
-                log(f"seeding {users} users x {items_per_user} items (found {have}, {extra_users} extra)")
+                log(
+                    f"seeding {users} users x {items_per_user} items (found {have}, {extra_users} extra"
+                    f"{', images of other bytes' if stale_images else ''})"
+                )
                 cur.execute(
                     "DELETE FROM users WHERE id >= %s AND id < %s + 100000000", (user_base, user_base)
                 )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import psycopg2
 import pytest
 
-from bench import run
+from bench import run, seed
+from wardrobe.images import ImageStore
 
 
 @pytest.mark.slow
@@ -53,3 +55,32 @@ def test_steady_uploads_on_a_worker_box_are_all_ready_and_timed(tmp_path):
     wait = result["upload_to_ready_s"]
     assert 0 < wait["p50"] <= wait["p95"] <= wait["max"]
     assert "worker-images" in result["processes"]["roles"]
+
+
+def test_a_kept_population_is_reseeded_when_its_images_are_not_in_the_store(tmp_path):
+    """A population seeded from other photo bytes (another Pillow's JPEG encoder) would make every image a 404."""
+    # The smoke run's database and population shape (created and migrated if missing, kept otherwise).
+    options = run.Options(database="wardrobe_bench_smoke", data_dir=tmp_path / "data", population=500)
+    run.prepare_database(options)
+    base = (
+        seed.USER_BASE + 500_000_000
+    )  # a population of its own beside the smoke run's, never overlapping it
+    images = options.data_dir / "images"
+    kwargs = dict(users=30, items_per_user=3, user_base=base, log=lambda _msg: None)
+    seed.seed(options.dsn, images, **kwargs)
+    assert seed.seed(options.dsn, images, **kwargs)["rebuilt"] == 0  # nothing changed: kept as it is
+    with psycopg2.connect(options.dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE items SET image_key = %s WHERE id = (SELECT id FROM items WHERE user_id BETWEEN %s AND %s LIMIT 1)",
+            ("0" * 64 + ".jpg", base, base + 29),
+        )
+    assert seed.seed(options.dsn, images, **kwargs)["rebuilt"] == 1
+    store = ImageStore(images)
+    with psycopg2.connect(options.dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT DISTINCT image_key, cutout_key FROM items WHERE user_id BETWEEN %s AND %s",
+            (base, base + 29),
+        )
+        keys = cur.fetchall()
+        cur.execute("DELETE FROM users WHERE id >= %s AND id < %s", (base, base + 100_000_000))
+    assert keys and all(store.exists(image) and store.exists(cut) for image, cut in keys)
