@@ -32,7 +32,7 @@ from bench.run import RESULTS, Options, jobs_from_db, prepare_database, wait_for
 from bench.sampling import ProcessSampler
 from bench.seed import USER_BASE, photo
 from bench.stack import StackSettings, WardrobeStack
-from tasks.removal import resolve_precision
+from tasks.removal import PRECISIONS, resolve_precision
 from wardrobe.auth import sign_init_data
 
 
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upload-every", type=float, default=600.0, help="mean s between one user's uploads")
     parser.add_argument(
         "--cutout-precision",
-        choices=("auto", "bf16", "f32"),
+        choices=PRECISIONS,
         default="auto",
         help="WARDROBE_CUTOUT_PRECISION",
     )

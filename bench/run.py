@@ -25,7 +25,7 @@ from typing import Any
 from bench import report, seed
 from bench.sampling import ProcessSampler, QueueSampler, scrape_cache_counts
 from bench.stack import BIN, ROOT, STACKS, Stack, StackSettings
-from tasks.removal import resolve_precision
+from tasks.removal import PRECISIONS, resolve_precision
 
 RESULTS = ROOT / "bench" / "results"
 SWEEP_STEPS = [250, 500, 1000, 2000, 4000, 8000, 16000]
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         p.add_argument(
             "--cutout-precision",
-            choices=("auto", "bf16", "f32"),
+            choices=PRECISIONS,
             default="auto",
             help="the images worker's WARDROBE_CUTOUT_PRECISION (auto: bf16 where native); the baseline "
             "always runs rembg in float32",
