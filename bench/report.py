@@ -247,9 +247,10 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
         "## Processes",
         "",
         f"Machine busy {result['processes'].get('machine_busy', 0) or 0:.0%} of {result['machine']['cores']} cores "
-        f"over the window, {result['processes'].get('unaccounted_share', 0) or 0:.0%} of it by processes this run "
-        "did not start (other work on the machine). The load generator runs on the same machine: its share is "
-        "the `locust` row.",
+        f"over the window: {result['processes'].get('kernel_irq_share', 0) or 0:.0%} of it interrupt handling in the "
+        "kernel (mostly loopback networking, charged to no process), "
+        f"{result['processes'].get('unaccounted_share', 0) or 0:.0%} by processes this run did not start (other "
+        "work on the machine). The load generator runs on the same machine: its share is the `locust` row.",
         "",
         "| process | count | CPU (cores) | share of machine | RSS mean MB | RSS peak MB |",
         "|---|---:|---:|---:|---:|---:|",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import psycopg2
 import pytest
@@ -84,3 +85,21 @@ def test_a_kept_population_is_reseeded_when_its_images_are_not_in_the_store(tmp_
         keys = cur.fetchall()
         cur.execute("DELETE FROM users WHERE id >= %s AND id < %s", (base, base + 100_000_000))
     assert keys and all(store.exists(image) and store.exists(cut) for image, cut in keys)
+
+
+def test_the_driver_and_kernel_interrupts_are_not_counted_as_other_work():
+    """The bench's own process is a row of its own, so "other work on the machine" means other work."""
+    from bench.sampling import ProcessSampler
+
+    sampler = ProcessSampler(dict, interval=0.1)
+    first = sampler.sample()
+    started = time.process_time()
+    while time.process_time() - started < 0.5:  # half a CPU-second of the driver's own work
+        sum(range(1000))
+    last = sampler.sample()
+    summary = sampler.summary(first["t"], last["t"])
+    driver = summary["roles"]["bench driver"]
+    assert driver["processes"] == 1
+    assert driver["cpu_cores"] * summary["seconds"] >= 0.45
+    assert summary["kernel_irq_share"] >= 0
+    assert summary["unaccounted_share"] <= summary["machine_busy"]
