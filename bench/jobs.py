@@ -88,6 +88,20 @@ def _rate(points: list[tuple[float, int]], total: int) -> float | None:
     return (end[1] - start[1]) / (end[0] - start[0])
 
 
+def _worker_box(options: Options, work: Path, rpm: int, **extra: Any) -> StackSettings:
+    """A worker box: one images process per core, nothing nice'd, the OpenAI fake at `rpm`."""
+    return StackSettings(
+        database_url=options.dsn,
+        data_dir=options.data_dir,
+        log_dir=work / "logs",
+        openai_rpm=rpm,
+        image_workers=os.cpu_count() or 1,
+        worker_nice=False,
+        cutout_precision=options.cutout_precision,
+        **extra,
+    )
+
+
 def run(count: int, rpm: int, options: Options, timeout: float) -> dict[str, Any]:
     prepare_database(options)
     busy_before = wait_for_quiet(options.quiet_wait) if options.quiet_wait else None
@@ -97,16 +111,8 @@ def run(count: int, rpm: int, options: Options, timeout: float) -> dict[str, Any
         img = photo(3000 + i, (1024, 1024), quality=90)
         images.append(img)
     with tempfile.TemporaryDirectory(prefix="wardrobe-bench-jobs-") as work:
-        settings = StackSettings(
-            database_url=options.dsn,
-            data_dir=options.data_dir,
-            log_dir=Path(work) / "logs",
-            openai_rpm=rpm,
-            image_workers=cores,  # a worker box: one images process per core
-            worker_nice=False,
-            cutout_precision=options.cutout_precision,
-            defer_ai_worker=True,  # images first, alone; then the AI worker meets a full backlog
-        )
+        # images first, alone; then the AI worker meets a full backlog
+        settings = _worker_box(options, Path(work), rpm, defer_ai_worker=True)
         with WardrobeStack(settings) as stack:
             sampler = ProcessSampler(stack.roles).start()
             started = time.time()
@@ -194,15 +200,7 @@ def steady(
     rng = random.Random(seed)
     images = [photo(4000 + i, (1024, 1280), quality=88) for i in range(8)]
     with tempfile.TemporaryDirectory(prefix="wardrobe-bench-steady-") as work:
-        settings = StackSettings(
-            database_url=options.dsn,
-            data_dir=options.data_dir,
-            log_dir=Path(work) / "logs",
-            openai_rpm=500,  # one key's production limit
-            image_workers=cores,
-            worker_nice=False,
-            cutout_precision=options.cutout_precision,
-        )
+        settings = _worker_box(options, Path(work), rpm=500)  # one key's production limit
         with WardrobeStack(settings) as stack:
             sampler = ProcessSampler(stack.roles).start()
             started = time.time()

@@ -73,7 +73,8 @@ def run(rounds: int) -> dict[str, Any]:
     f32 = BackgroundRemover("u2netp", MODEL_HOME, threads=1, max_side=1024, precision="f32")
     bf16 = BackgroundRemover("u2netp", MODEL_HOME, threads=1, max_side=1024, precision="bf16")
     rows = []
-    for group, name, img in images():
+    found = images()
+    for group, name, img in found:
         img = img if max(img.size) <= 1024 else img.resize((1024, round(1024 * img.height / img.width)))
         reference = np.asarray(f32.mask(img), dtype=np.int16)
         rows.append(
@@ -86,7 +87,7 @@ def run(rounds: int) -> dict[str, Any]:
                 "jpeg_q92": compare(np.asarray(f32.mask(reencoded(img))), reference),
             }
         )
-    timing_images = [img for _, _, img in images()[:11]]  # garments and upload photos: the product's sizes
+    timing_images = [img for group, _, img in found if group != "sample photo"]  # the product's sizes
     cpu: dict[str, list[float]] = {"f32": [], "bf16": []}
     for _ in range(rounds):
         for label, engine in (("f32", f32), ("bf16", bf16)):

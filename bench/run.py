@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             "--image-workers",
             type=int,
             default=1,
-            help="images worker processes beside the API, one ONNX thread each",
+            help="images worker processes beside the API, one inference thread each",
         )
         p.add_argument(
             "--openai-keys",

@@ -20,17 +20,22 @@ BF16 = removal.resolve_precision("auto") == "bf16"
 needs_bf16 = pytest.mark.skipif(not BF16, reason="no native bf16 on this CPU, or OpenVINO is not installed")
 
 
-@pytest.fixture(scope="module", params=["f32", pytest.param("bf16", marks=needs_bf16)])
-def remover(request):
-    """Every behaviour below holds on both engines."""
-    made = BackgroundRemover("u2netp", MODEL_HOME, threads=1, max_side=1024, precision=request.param)
-    assert made.engine == {"f32": "onnxruntime-f32", "bf16": "openvino-bf16"}[request.param]
-    return made
-
-
 @pytest.fixture(scope="module")
 def f32():
     return BackgroundRemover("u2netp", MODEL_HOME, threads=1, max_side=1024, precision="f32")
+
+
+@pytest.fixture(scope="module")
+def bf16():
+    return BackgroundRemover("u2netp", MODEL_HOME, threads=1, max_side=1024, precision="bf16")
+
+
+@pytest.fixture(scope="module", params=["f32", pytest.param("bf16", marks=needs_bf16)])
+def remover(request):
+    """Every behaviour below holds on both engines."""
+    made = request.getfixturevalue(request.param)
+    assert made.engine == {"f32": "onnxruntime-f32", "bf16": "openvino-bf16"}[request.param]
+    return made
 
 
 def rgba(png: bytes) -> Image.Image:
@@ -96,9 +101,8 @@ def test_a_missing_model_is_reported_not_fetched(tmp_path):
 @pytest.mark.parametrize(
     "garment", GARMENTS, ids=lambda g: f"{g.get('colour', 'red')}-on-{g.get('bed', 'linen')}"
 )
-def test_bf16_cutouts_match_float32_on_garment_photos(f32, garment):
+def test_bf16_cutouts_match_float32_on_garment_photos(f32, bf16, garment):
     """bf16 halves the CPU per cutout; on garment photos its mask is float32's to within a fraction of a percent."""
-    bf16 = BackgroundRemover("u2netp", MODEL_HOME, threads=1, max_side=1024, precision="bf16")
     photo = garment_photo(**garment)
     a = np.asarray(rgba(bf16.cutout(photo)).getchannel("A"), dtype=np.int16)
     b = np.asarray(rgba(f32.cutout(photo)).getchannel("A"), dtype=np.int16)
