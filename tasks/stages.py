@@ -43,6 +43,7 @@ class StageRunner:
     analyzer: ItemAnalyzer | None = None
     observe: Callable[[str, str, float], None] = field(default=lambda kind, outcome, seconds: None)
     report: Callable[..., None] = field(default=lambda *args, **kwargs: None)  # to Sentry
+    on_claim: Callable[[dict[str, Any]], None] = field(default=lambda job: None)  # e.g. CatchUp.job_claimed
 
     # --- the stages -----------------------------------------------------------------------------------------
 
@@ -166,6 +167,7 @@ class StageRunner:
         if job is None:
             log.info("job %s (%s): not ours to run (duplicate delivery, finished or not due)", job_id, stage)
             return "skipped"
+        self.on_claim(job)
         started = time.monotonic()
         kind = job["kind"]
         try:

@@ -125,6 +125,7 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("WARDROBE_ONNX_THREADS", "onnx_threads", _int(0, 64), "0"),
     ("WARDROBE_CUTOUT_PRECISION", "cutout_precision", _choice("auto", "bf16", "f32"), "auto"),
     ("WARDROBE_IMAGE_WORKER_MAX_TASKS", "image_worker_max_tasks", _int(1), "200"),
+    ("WARDROBE_IMAGE_CATCHUP_SECONDS", "image_catchup_seconds", _float(0), "10"),
     ("WARDROBE_AI_WORKERS", "ai_workers", _int(1, 1000), "32"),
     ("WARDROBE_JOB_MAX_ATTEMPTS", "job_max_attempts", _int(1, 100), "5"),
     ("WARDROBE_JOB_LEASE_SECONDS", "job_lease_seconds", _int(5), "300"),
@@ -191,6 +192,7 @@ class Config:
     onnx_threads: int  # per images process; 0: the box's cores shared out among the processes
     cutout_precision: str  # auto: bf16 (OpenVINO) where the CPU does it natively, else f32 (onnxruntime)
     image_worker_max_tasks: int
+    image_catchup_seconds: float  # a niced images worker runs at nice 0 while cutouts wait longer; 0: never
     ai_workers: int
     job_max_attempts: int
     job_lease_seconds: int
