@@ -184,11 +184,15 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
                 "",
                 f"Stack: {params['api_workers']} API workers; images worker at nice "
                 f"{params.get('images_worker_nice')}, {params.get('image_workers')} process(es), cutouts in "
-                f"{params['cutout_precision']}; {params.get('openai_keys')} OpenAI key(s).",
+                f"{params['cutout_precision']}, catch-up at nice 0 after "
+                f"{params.get('image_catchup_s', 'no')} s of waiting (0: off); {params.get('openai_keys')} OpenAI "
+                "key(s).",
             ]
             if params.get("cutout_precision")
             else []
         ),
+        "",
+        f"The OpenAI fake answers each call in {params.get('openai_latency_ms', 200)} ms.",
         "",
         f"**{'PASS' if v['passed'] else 'FAIL'}** — every endpoint p95 < 2 s: "
         f"{'yes' if v['every_endpoint_p95_under_2s'] else 'no'} (worst {v['worst_endpoint']} "

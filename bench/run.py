@@ -52,7 +52,9 @@ class Options:
     images_nice: int = 10
     image_workers: int = 1
     openai_keys: int = 2
+    openai_latency_ms: int = 200
     cutout_precision: str = "auto"
+    image_catchup: float = 10.0
     ramp: float = 0.0  # 0: decide from the user count
     quiet_wait: float = 0.0  # wait up to this long for an idle machine before each run
 
@@ -109,7 +111,9 @@ def stack_for(target: str, options: Options, log_dir: Path) -> Stack:
         images_nice=options.images_nice,
         image_workers=options.image_workers,
         openai_keys=options.openai_keys,
+        openai_latency_ms=options.openai_latency_ms,
         cutout_precision=options.cutout_precision,
+        image_catchup_seconds=options.image_catchup,
     )
     return STACKS[target](settings)
 
@@ -245,6 +249,8 @@ def measure(
             "image_workers": options.image_workers if target == "wardrobe" else None,
             "openai_keys": options.openai_keys if target == "wardrobe" else None,
             "cutout_precision": resolve_precision(options.cutout_precision) if target == "wardrobe" else None,
+            "openai_latency_ms": options.openai_latency_ms,
+            "image_catchup_s": options.image_catchup if target == "wardrobe" else None,
         },
         "latency": report.latency(rows, window_start, window_end),
         "timeline": report.timeline(rows, window_start, window_end),
@@ -557,7 +563,9 @@ def _options(args: argparse.Namespace) -> Options:
         images_nice=args.images_nice,
         image_workers=args.image_workers,
         openai_keys=args.openai_keys,
+        openai_latency_ms=args.openai_latency_ms,
         cutout_precision=args.cutout_precision,
+        image_catchup=args.image_catchup,
         ramp=args.ramp,
         quiet_wait=args.quiet_wait,
     )
@@ -602,6 +610,19 @@ def main(argv: list[str] | None = None) -> int:
             default=2,
             help="OpenAI keys the workers rotate (each 500 RPM, 200k TPM): one key's TPM is nearly all "
             "that 1,000 users' average demand takes",
+        )
+        p.add_argument(
+            "--image-catchup",
+            type=float,
+            default=10.0,
+            help="the images worker's WARDROBE_IMAGE_CATCHUP_SECONDS: nice 0 while cutouts wait longer (0: off)",
+        )
+        p.add_argument(
+            "--openai-latency-ms",
+            type=int,
+            default=200,
+            help="how long the OpenAI fake takes to answer each call, on both sides (real vision and capsule "
+            "calls take seconds)",
         )
         p.add_argument(
             "--cutout-precision",

@@ -90,6 +90,7 @@ class StackSettings:
     worker_nice: bool = True  # below the API when they share a box
     images_nice: int = 10  # the images consumer's nice when worker_nice (the ai consumer's is 5)
     cutout_precision: str = "auto"  # WARDROBE_CUTOUT_PRECISION of the images consumer
+    image_catchup_seconds: float = 10.0  # WARDROBE_IMAGE_CATCHUP_SECONDS of the images consumer (0: off)
     defer_ai_worker: bool = False  # bench-jobs starts it once a backlog of analyses has built up
 
 
@@ -204,6 +205,7 @@ class WardrobeStack(Stack):
             # Beside the API one ONNX thread costs less CPU per cutout; bench-jobs gives the box to the workers.
             "WARDROBE_ONNX_THREADS": "1" if s.worker_nice else "0",
             "WARDROBE_CUTOUT_PRECISION": s.cutout_precision,
+            "WARDROBE_IMAGE_CATCHUP_SECONDS": str(s.image_catchup_seconds),
         }
 
     def start(self) -> None:
