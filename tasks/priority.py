@@ -68,14 +68,15 @@ class CatchUp:
     def _set(self, nice: int, waited: float) -> None:
         try:
             self._renice(nice)
-        except PermissionError:
+        except OSError as exc:  # PermissionError without root or LimitNICE; anything else the same way
             self._enabled = False
             log.warning(
                 "cutouts are %.0fs behind but this worker may not raise its priority to nice %d "
-                "(run it as root or give it LimitNICE=+%d); it stays at nice %d",
+                "(run it as root or give it LimitNICE=+%d): %s; it stays at nice %d",
                 waited,
                 nice,
                 nice,
+                exc,
                 self.current,
             )
             return

@@ -167,7 +167,10 @@ class StageRunner:
         if job is None:
             log.info("job %s (%s): not ours to run (duplicate delivery, finished or not due)", job_id, stage)
             return "skipped"
-        self.on_claim(job)
+        try:
+            self.on_claim(job)
+        except Exception:  # a scheduling hint must never cost a job
+            log.exception("job %s (%s): the on_claim hook failed; running the job anyway", job_id, stage)
         started = time.monotonic()
         kind = job["kind"]
         try:

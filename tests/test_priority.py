@@ -93,3 +93,19 @@ def test_every_thread_of_the_worker_process_changes_priority():
     report = json.loads(out.stdout)
     assert report["threads"] == 2
     assert report["nices"] == [[10], [0], [10]]
+
+
+def test_a_failing_priority_hook_never_costs_the_job(caplog):
+    from tasks.stages import StageRunner
+
+    class Ledger:
+        def claim(self, job_id, stage, lease_seconds):
+            return {"id": job_id, "kind": "process_item", "request_id": "r", "attempts": 1, "max_attempts": 5}
+
+    def broken_hook(job):
+        raise ValueError("naive datetime")
+
+    runner = StageRunner(pool=None, store=None, ledger=Ledger(), send=None, on_claim=broken_hook)
+    ran = []
+    assert runner._run("j1", "cutout", lambda job: ran.append(job["id"]) or {"done": True}) == "succeeded"
+    assert ran == ["j1"] and "on_claim hook failed" in caplog.text
