@@ -89,7 +89,7 @@ def test_counters_are_shared_and_created_on_first_use(memcached: Memcached) -> N
 
 
 def test_a_write_makes_the_next_read_fresh_on_every_backend(memcached: Memcached, user_row: int) -> None:
-    """The version lives in Postgres and is bumped with the write; caches only key by it."""
+    """The version lives in Postgres and is bumped with the write; caches only key by it (as reads.py does)."""
 
     def load_version() -> int:
         with psycopg2.connect(TEST_DSN) as conn, conn.cursor() as cur:
@@ -97,8 +97,7 @@ def test_a_write_makes_the_next_read_fresh_on_every_backend(memcached: Memcached
             return cur.fetchone()[0]
 
     def list_items(cache: Cache) -> list[str]:
-        version = cache.user_version(user_row, load_version)
-        key = cache.key("items", user_row, version, {"category": None})
+        key = cache.key("items", user_row, load_version(), {"category": None})
         cached = cache.get(key, "items", local=True)
         if cached is not MISSING:
             return cached
@@ -108,43 +107,23 @@ def test_a_write_makes_the_next_read_fresh_on_every_backend(memcached: Memcached
         cache.set(key, items, 600, "items", local=True)
         return items
 
-    def add_item(cache: Cache, item: str) -> None:
+    def add_item(item: str) -> None:  # touches only Postgres: no cache is told
         with psycopg2.connect(TEST_DSN) as conn, conn.cursor() as cur:
             cur.execute(
                 "UPDATE users SET profile = jsonb_set(profile, '{items}', (profile->'items') || %s),"
-                " wardrobe_version = wardrobe_version + 1 WHERE id = %s RETURNING wardrobe_version",
+                " wardrobe_version = wardrobe_version + 1 WHERE id = %s",
                 (Json([item]), user_row),
             )
-            version = cur.fetchone()[0]
-        cache.bump_user_version(user_row, version)
 
     backend_a = Cache([memcached.server], local=LocalLRU(maxsize=100, ttl=60))
     backend_b = Cache([memcached.server], local=LocalLRU(maxsize=100, ttl=60))
     assert list_items(backend_a) == ["white shirt"]
     assert list_items(backend_b) == ["white shirt"]
 
-    add_item(backend_b, "blue jeans")
+    add_item("blue jeans")
 
     assert list_items(backend_a) == ["white shirt", "blue jeans"]
     assert list_items(backend_b) == ["white shirt", "blue jeans"]
-
-
-def test_an_older_version_never_replaces_a_newer_one(memcached: Memcached) -> None:
-    cache = Cache([memcached.server])
-    user_id = new_user_id()
-    cache.bump_user_version(user_id, 5)
-    cache.bump_user_version(user_id, 4)  # a slower writer publishing late
-    assert cache.user_version(user_id, lambda: pytest.fail("memcached had the version")) == 5
-
-    # A reader that loaded before a write committed must not overwrite what the writer published.
-    other = new_user_id()
-
-    def slow_load() -> int:
-        cache.bump_user_version(other, 8)
-        return 7
-
-    assert cache.user_version(other, slow_load) == 7
-    assert cache.user_version(other, lambda: 0) == 8
 
 
 def test_memcached_outage_degrades_to_misses_and_recovers(memcached: Memcached) -> None:
@@ -170,7 +149,6 @@ def test_memcached_outage_degrades_to_misses_and_recovers(memcached: Memcached) 
         for _ in range(5):
             assert cache.get(key, "items") is MISSING
             assert cache.set(key, ["coat"], 60, "items") is False
-            assert cache.user_version(1, lambda: 3) == 3
             time.sleep(0.1)
         assert "items" in seen.errors
         assert ("items", False) in seen.results
@@ -186,13 +164,12 @@ def test_memcached_outage_degrades_to_misses_and_recovers(memcached: Memcached) 
         own.kill()
 
 
-def test_null_cache_always_misses_and_loads_the_version() -> None:
+def test_null_cache_always_misses() -> None:
     cache = NullCache()
     key = cache.key("items", 1, 1)
     assert cache.set(key, [1], 60, "items") is False
     assert cache.get(key, "items") is MISSING
     assert cache.get_many([key], "items") == {}
-    assert cache.user_version(1, lambda: 9) == 9
     assert cache.ping() == "disabled"
 
 

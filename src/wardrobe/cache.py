@@ -145,7 +145,6 @@ class Cache:
         retry_attempts: int = 2,
         retry_timeout: float = 1.0,
         dead_timeout: float = 10.0,
-        version_ttl: int = 300,
         local: LocalLRU | None = None,
         on_error: ErrorHook = _noop_error,
         on_result: ResultHook = _noop_result,
@@ -171,7 +170,6 @@ class Cache:
         # `timeout` and then count a miss, so a burst never turns into errors from the pool.
         self._slots = threading.BoundedSemaphore(max_pool_size)
         self._slot_timeout = timeout
-        self._version_ttl = version_ttl
         self._local = local
         self._on_error = on_error
         self._on_result = on_result
@@ -241,59 +239,6 @@ class Cache:
         value = self._call(kind, None, self._client.incr, key, delta, noreply=False)
         return None if value is None else int(value)
 
-    def user_version(self, user_id: int, load: Callable[[], int]) -> int:
-        """The user's wardrobe version: memcached's copy if present, else `load()` from Postgres.
-
-        `add` (not `set`) so a concurrent bump_user_version with a newer value is never overwritten by a
-        reader that loaded before the commit. Staleness after a lost bump is bounded by version_ttl.
-        """
-        key = cache_key("uv", user_id)
-        cached = self._call("user_version", MISSING, self._client.get, key, default=MISSING)
-        if isinstance(cached, int):
-            self._on_result("user_version", True)
-            return cached
-        self._on_result("user_version", False)
-        version = int(load())
-        self._call(
-            "user_version", False, self._client.add, key, version, expire=self._version_ttl, noreply=False
-        )
-        return version
-
-    def bump_user_version(self, user_id: int, version: int) -> None:
-        """Publish the version just committed to Postgres; a lower version never overwrites a higher one."""
-        key = cache_key("uv", user_id)
-        for _attempt in range(3):
-            found = self._call("user_version", None, self._client.gets, key)
-            # HashClient answers a bare None (not a pair) while a failed node is waiting for its retry.
-            current, cas = found if isinstance(found, tuple) else (None, None)
-            if current is None:
-                if self._call(
-                    "user_version",
-                    False,
-                    self._client.add,
-                    key,
-                    version,
-                    expire=self._version_ttl,
-                    noreply=False,
-                ):
-                    return
-                continue
-            if isinstance(current, int) and current >= version:
-                return
-            if self._call(
-                "user_version",
-                False,
-                self._client.cas,
-                key,
-                version,
-                cas,
-                expire=self._version_ttl,
-                noreply=False,
-            ):
-                return
-        # Could not settle the race or memcached is failing: dropping the copy makes readers go to Postgres.
-        self._call("user_version", False, self._client.delete, key, noreply=False)
-
     def ping(self) -> str:
         """'ok' when every memcached node answers, 'degraded' otherwise (for /readyz)."""
         for node in list(self._client.clients.values()):
@@ -344,12 +289,6 @@ class NullCache:
 
     def incr(self, key: str, kind: str, delta: int = 1, ttl: int = 0) -> int | None:
         return None
-
-    def user_version(self, user_id: int, load: Callable[[], int]) -> int:
-        return int(load())
-
-    def bump_user_version(self, user_id: int, version: int) -> None:
-        pass
 
     def ping(self) -> str:
         return "disabled"
