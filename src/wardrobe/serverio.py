@@ -7,7 +7,7 @@ finds the head unsent, this sends both together. Everything else (HEAD and 304 w
 a Content-Length shorter than the body, file responses) takes gunicorn's own path.
 
 And the collector: a worker's startup heap (modules, the app, its clients) is about 115,000 tracked objects
-that live as long as the process. Every full collection walked them again: 130-165 ms with the worker stopped,
+that live as long as the process. Every full collection walked them again: 76-165 ms with the worker stopped,
 for every request in flight on it, about once a minute at 1,000 users. `freeze_startup_heap` takes them out of
 the collector's reach once the worker is up.
 """
