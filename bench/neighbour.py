@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C reaches the whole group: end quietly
             burn(share)
         children.append(pid)
 

@@ -171,6 +171,10 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _catchup(seconds: float | None) -> str:
+    return f"up to nice 0 while cutouts wait over {seconds:g} s" if seconds else "no catch-up"
+
+
 def markdown(result: dict[str, Any], chart_name: str) -> str:
     lat, params, v = result["latency"], result["params"], result["verdict"]
     lines = [
@@ -184,9 +188,8 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
                 "",
                 f"Stack: {params['api_workers']} API workers; images worker at nice "
                 f"{params.get('images_worker_nice')}, {params.get('image_workers')} process(es), cutouts in "
-                f"{params['cutout_precision']}, catch-up at nice 0 after "
-                f"{params.get('image_catchup_s', 'no')} s of waiting (0: off); {params.get('openai_keys')} OpenAI "
-                "key(s).",
+                f"{params['cutout_precision']}, {_catchup(params.get('image_catchup_s'))}; "
+                f"{params.get('openai_keys')} OpenAI key(s).",
             ]
             if params.get("cutout_precision")
             else []

@@ -54,7 +54,7 @@ class Options:
     openai_keys: int = 2
     openai_latency_ms: int = 200
     cutout_precision: str = "auto"
-    image_catchup: float = 10.0
+    image_catchup_seconds: float = 10.0
     ramp: float = 0.0  # 0: decide from the user count
     quiet_wait: float = 0.0  # wait up to this long for an idle machine before each run
 
@@ -113,7 +113,7 @@ def stack_for(target: str, options: Options, log_dir: Path) -> Stack:
         openai_keys=options.openai_keys,
         openai_latency_ms=options.openai_latency_ms,
         cutout_precision=options.cutout_precision,
-        image_catchup_seconds=options.image_catchup,
+        image_catchup_seconds=options.image_catchup_seconds,
     )
     return STACKS[target](settings)
 
@@ -250,7 +250,7 @@ def measure(
             "openai_keys": options.openai_keys if target == "wardrobe" else None,
             "cutout_precision": resolve_precision(options.cutout_precision) if target == "wardrobe" else None,
             "openai_latency_ms": options.openai_latency_ms,
-            "image_catchup_s": options.image_catchup if target == "wardrobe" else None,
+            "image_catchup_s": options.image_catchup_seconds if target == "wardrobe" else None,
         },
         "latency": report.latency(rows, window_start, window_end),
         "timeline": report.timeline(rows, window_start, window_end),
@@ -565,7 +565,7 @@ def _options(args: argparse.Namespace) -> Options:
         openai_keys=args.openai_keys,
         openai_latency_ms=args.openai_latency_ms,
         cutout_precision=args.cutout_precision,
-        image_catchup=args.image_catchup,
+        image_catchup_seconds=args.image_catchup,
         ramp=args.ramp,
         quiet_wait=args.quiet_wait,
     )
