@@ -6,7 +6,7 @@ STEP_DURATION ?= 60
 BENCH_ARGS ?=
 CAPACITY_USERS = $(if $(filter command line environment,$(origin USERS)),$(USERS),1000,10000,100000)
 
-.PHONY: bench bench-sweep bench-compare bench-jobs bench-precision capacity bench-smoke bench-services
+.PHONY: bench bench-sweep bench-compare bench-jobs bench-precision bench-floor capacity bench-smoke bench-services
 
 bench-services:
 	@scripts/setup.sh --no-services
@@ -27,6 +27,12 @@ bench-jobs: bench-services ## Images/s per worker box (u2netp, 1024 px), RSS per
 bench-precision: ## bf16 vs float32 cutout masks (IoU, alpha difference) and CPU per mask
 	@scripts/setup.sh --no-services
 	@$(PY) -m bench.precision $(BENCH_ARGS)
+
+bench-floor: ## CPU per request of a do-nothing app under the API's gunicorn worker vs. what 10x / 5,000 users allow
+	@scripts/setup.sh --no-services
+	@command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	@$(PY) -m bench.floor $(BENCH_ARGS)
 
 capacity: ## Fleet size and monthly cost from the latest results (USERS=1000,10000,100000)
 	@$(PY) -m bench.capacity --users $(CAPACITY_USERS)

@@ -1,0 +1,18 @@
+"""Gunicorn settings for bench/floor.py: one worker, set up as conf/gunicorn.conf.py sets the API's (the worker
+class comes from the command line)."""
+
+wsgi_app = "bench.floorapp:app"
+workers = 1
+worker_class = "gevent"
+worker_connections = 4000
+keepalive = 75
+accesslog = None
+errorlog = "-"
+loglevel = "warning"
+control_socket_disable = True
+
+
+def post_fork(server, worker):
+    from wardrobe.serverio import send_head_with_body
+
+    send_head_with_body()  # as the API does: one send per response
