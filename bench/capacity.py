@@ -20,16 +20,24 @@ RESULTS = ROOT / "bench" / "results"
 PRICES = ROOT / "bench" / "prices.toml"
 
 
-def latest(results: Path, kinds: tuple[str, ...], accept=lambda r: True) -> dict[str, Any] | None:
-    """The newest results file (by its own start time) of one of `kinds` that `accept` takes."""
+def results_of(results: Path, kinds: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
+    """Every readable results file of one of `kinds`, as (file name, contents)."""
     found = []
     for path in results.glob("*.json"):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict) and data.get("kind") in kinds and accept(data):
-            found.append((data.get("started_at", ""), path.name, data))
+        if isinstance(data, dict) and data.get("kind") in kinds:
+            found.append((path.name, data))
+    return found
+
+
+def latest(results: Path, kinds: tuple[str, ...], accept=lambda r: True) -> dict[str, Any] | None:
+    """The newest results file (by its own start time) of one of `kinds` that `accept` takes."""
+    found = [
+        (data.get("started_at", ""), name, data) for name, data in results_of(results, kinds) if accept(data)
+    ]
     return max(found)[2] if found else None
 
 

@@ -31,6 +31,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from bench.capacity import results_of
 from bench.micro import BIN, ROOT, Child, free_port, wait_until
 from bench.report import machine
 
@@ -173,15 +174,7 @@ def source_runs(results: Path, names: str | None) -> list[dict[str, Any]]:
 
 
 def all_of_kind(results: Path, kind: str) -> list[dict[str, Any]]:
-    found = []
-    for path in results.glob("*.json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and data.get("kind") == kind:
-            found.append(data)
-    return found
+    return [data for _name, data in results_of(results, (kind,))]
 
 
 def nearest(runs: list[dict[str, Any]], when: str) -> dict[str, Any] | None:
