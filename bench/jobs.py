@@ -32,7 +32,7 @@ from bench.run import RESULTS, Options, jobs_from_db, prepare_database, wait_for
 from bench.sampling import ProcessSampler
 from bench.seed import USER_BASE, photo
 from bench.stack import StackSettings, WardrobeStack
-from tasks.removal import PRECISIONS, resolve_precision
+from tasks.removal import PRECISIONS, engine_for, resolve_precision
 from wardrobe.auth import sign_init_data
 
 
@@ -166,6 +166,7 @@ def run(count: int, rpm: int, options: Options, timeout: float) -> dict[str, Any
             "image_processes": cores,
             "openai_rpm": rpm,
             "cutout_precision": resolve_precision(options.cutout_precision),
+            "cutout_engine": engine_for(options.cutout_precision),
         },
         "upload_seconds": round(uploaded - started, 1),
         "images_per_s_per_box": round(images_per_s, 2) if images_per_s else None,
@@ -267,7 +268,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Background jobs on one worker box ({result['started_at']})",
         "",
         f"{result['machine']['cpu']}, {result['machine']['cores']} cores. {result['params']['uploads']} uploads of "
-        f"1024x1024 JPEGs, u2netp in {result['params'].get('cutout_precision', 'f32')}, "
+        f"1024x1024 JPEGs, u2netp in {result['params'].get('cutout_precision', 'f32')}"
+        f"{report.on_engine(result['params'].get('cutout_engine'))}, "
         f"{result['params']['image_processes']} images processes; OpenAI fake at "
         f"{result['params']['openai_rpm']} RPM.",
         "",

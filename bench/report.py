@@ -134,6 +134,11 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def on_engine(engine: str | None) -> str:
+    """ " on ENGINE" for results that name it (older ones only give the precision)."""
+    return f" on {engine}" if engine else ""
+
+
 def machine() -> dict[str, Any]:
     model = ""
     try:
@@ -188,7 +193,8 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
                 "",
                 f"Stack: {params['api_workers']} API workers; images worker at nice "
                 f"{params.get('images_worker_nice')}, {params.get('image_workers')} process(es), cutouts in "
-                f"{params['cutout_precision']}, {_catchup(params.get('image_catchup_s'))}; "
+                f"{params['cutout_precision']}{on_engine(params.get('cutout_engine'))}, "
+                f"{_catchup(params.get('image_catchup_s'))}; "
                 f"{params.get('openai_keys')} OpenAI key(s).",
             ]
             if params.get("cutout_precision")

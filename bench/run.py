@@ -25,7 +25,7 @@ from typing import Any
 from bench import report, seed
 from bench.sampling import ProcessSampler, QueueSampler, scrape_cache_counts
 from bench.stack import BIN, ROOT, STACKS, Stack, StackSettings
-from tasks.removal import PRECISIONS, resolve_precision
+from tasks.removal import PRECISIONS, engine_for, resolve_precision
 
 RESULTS = ROOT / "bench" / "results"
 SWEEP_STEPS = [250, 500, 1000, 2000, 4000, 8000, 16000]
@@ -249,6 +249,7 @@ def measure(
             "image_workers": options.image_workers if target == "wardrobe" else None,
             "openai_keys": options.openai_keys if target == "wardrobe" else None,
             "cutout_precision": resolve_precision(options.cutout_precision) if target == "wardrobe" else None,
+            "cutout_engine": engine_for(options.cutout_precision) if target == "wardrobe" else None,
             "openai_latency_ms": options.openai_latency_ms,
             "image_catchup_s": options.image_catchup_seconds if target == "wardrobe" else None,
         },
