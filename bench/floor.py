@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import re
 import resource
 import statistics
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.capacity import results_of
-from bench.micro import BIN, ROOT, Child, free_port, wait_until
+from bench.micro import BIN, ROOT, Child, _children, _proc_cpu, free_port, wait_until
 from bench.report import machine
 
 RESULTS = ROOT / "bench" / "results"
@@ -44,7 +43,6 @@ VARIANTS = {
 PER_REQUEST = ("locust", "postgres (shared)", "memcached", "redis (shared)", "worker-ai", "bench driver")
 PER_UPLOAD = ("worker-images",)
 UPLOAD = "POST /api/v1/items [upload]"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _raise_fd_limit() -> None:
@@ -54,15 +52,10 @@ def _raise_fd_limit() -> None:
 
 
 def _worker_pid(master: int) -> int:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    children = _children(master)
     if len(children) != 1:
         raise RuntimeError(f"expected one gunicorn worker under {master}, found {children}")
-    return int(children[0])
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return children[0]
 
 
 def start_server(name: str, worker_class: str, log_dir: Path) -> tuple[Child, str, int]:
@@ -88,7 +81,7 @@ def start_server(name: str, worker_class: str, log_dir: Path) -> tuple[Child, st
 
 
 def drive(url: str, worker: int, seconds: float, connections: int) -> dict[str, float]:
-    started = _cpu_seconds(worker)
+    started = _proc_cpu(worker, children=False)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", url],
         capture_output=True,
@@ -96,7 +89,7 @@ def drive(url: str, worker: int, seconds: float, connections: int) -> dict[str, 
         check=True,
         preexec_fn=_raise_fd_limit,
     ).stdout
-    cpu = _cpu_seconds(worker) - started
+    cpu = _proc_cpu(worker, children=False) - started
     found = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
     if not found:
         raise RuntimeError(f"wrk printed no request count:\n{out}")

@@ -190,7 +190,9 @@ class Config:
     image_max_side: int
     image_workers: int
     onnx_threads: int  # per images process; 0: the box's cores shared out among the processes
-    cutout_precision: str  # auto: bf16 (OpenVINO) where the CPU does it natively, else f32 (onnxruntime)
+    cutout_precision: (
+        str  # auto: bf16 where the CPU does it natively, else f32, both on OpenVINO; f32: onnxruntime
+    )
     image_worker_max_tasks: int
     image_catchup_seconds: float  # a niced images worker runs at nice 0 while cutouts wait longer; 0: never
     ai_workers: int
