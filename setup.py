@@ -8,8 +8,8 @@ setup(
     packages=find_packages("src") + find_packages(".", include=["tasks", "tasks.*"]),
     ext_modules=[
         Extension(
-            "wardrobe.profiling._ticker",
-            ["src/wardrobe/profiling/_ticker.c"],
+            "wardrobe.ops.profiling._ticker",
+            ["src/wardrobe/ops/profiling/_ticker.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall"],
             optional=True,
         )

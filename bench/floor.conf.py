@@ -13,6 +13,6 @@ control_socket_disable = True
 
 
 def post_fork(server, worker):
-    from wardrobe.serverio import send_head_with_body
+    from wardrobe.ops.serverio import send_head_with_body
 
     send_head_with_body()  # as the API does: one send per response

@@ -32,8 +32,8 @@ from bench.run import RESULTS, Options, jobs_from_db, prepare_database, wait_for
 from bench.sampling import ProcessSampler
 from bench.seed import USER_BASE, photo
 from bench.stack import StackSettings, WardrobeStack
-from tasks.removal import PRECISIONS, engine_for, resolve_precision
-from wardrobe.auth import sign_init_data
+from tasks.cutout.removal import PRECISIONS, engine_for, resolve_precision
+from wardrobe.web.auth import sign_init_data
 
 
 def _upload(base_url: str, bot_token: str, user_id: int, image: bytes) -> str:

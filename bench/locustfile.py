@@ -20,7 +20,7 @@ from locust import FastHttpUser, between, events, task
 from PIL import Image, ImageDraw
 
 from bench.seed import USER_BASE, photo
-from wardrobe.auth import sign_init_data
+from wardrobe.web.auth import sign_init_data
 
 CATEGORIES = ["top", "bottom", "dress", "outerwear", "shoes", "bag", "accessory"]
 SEASONS = ["summer", "winter", "demi-season", "all-season"]

@@ -280,7 +280,7 @@ class Mix:
         self.second_page = second_page
         self.writes = writes
         now = int(time.time())
-        from wardrobe.auth import sign_init_data
+        from wardrobe.web.auth import sign_init_data
 
         self.auth = {
             uid: "tma " + sign_init_data(BOT_TOKEN, {"id": uid, "first_name": "Bench"}, auth_date=now)

@@ -28,7 +28,7 @@ from PIL import Image
 from bench.report import machine
 from bench.run import RESULTS
 from bench.seed import GARMENTS, garment_photo, photo
-from tasks.removal import BackgroundRemover, resolve_precision
+from tasks.cutout.removal import BackgroundRemover, resolve_precision
 
 MODEL_HOME = Path(__file__).resolve().parent.parent / "var" / "models"
 

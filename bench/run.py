@@ -25,7 +25,7 @@ from typing import Any
 from bench import report, seed
 from bench.sampling import ProcessSampler, QueueSampler, scrape_cache_counts
 from bench.stack import BIN, ROOT, STACKS, Stack, StackSettings
-from tasks.removal import PRECISIONS, engine_for, resolve_precision
+from tasks.cutout.removal import PRECISIONS, engine_for, resolve_precision
 
 RESULTS = ROOT / "bench" / "results"
 SWEEP_STEPS = [250, 500, 1000, 2000, 4000, 8000, 16000]

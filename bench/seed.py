@@ -16,7 +16,7 @@ import numpy as np
 import psycopg2
 from PIL import Image, ImageDraw, ImageFilter
 
-from wardrobe.images import ImageStore
+from wardrobe.clients.images import ImageStore
 
 USER_BASE = 7_000_000_000  # far above the ids tests and people use
 SEED_SOURCE = "seed"  # items.analysis->>'source' and capsules.source of seeded rows

@@ -36,7 +36,7 @@ limit_request_field_size = 16384  # Telegram init data can be a few KB
 accesslog = None  # the app writes one JSON line per request itself
 # ...and because logconfig_dict is set, gunicorn would still build its own access line for every request (about
 # 5 % of a worker's CPU under load) and hand it to a logger that drops it. This class skips that.
-logger_class = "wardrobe.serverlog.AppWritesAccessLog"
+logger_class = "wardrobe.ops.serverlog.AppWritesAccessLog"
 errorlog = "-"
 loglevel = _config.log_level.lower()
 proc_name = "wardrobe-api"
@@ -68,19 +68,19 @@ logconfig_dict = {
 
 
 def on_starting(server):
-    from wardrobe.metrics import wipe_multiproc_dir
+    from wardrobe.ops.metrics import wipe_multiproc_dir
 
     wipe_multiproc_dir(_metrics_dir)  # series of a previous run's workers would be summed in forever
 
 
 def child_exit(server, worker):
-    from wardrobe.metrics import mark_worker_dead
+    from wardrobe.ops.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid, _metrics_dir)
 
 
 def post_fork(server, worker):
-    from wardrobe.serverio import send_head_with_body
+    from wardrobe.ops.serverio import send_head_with_body
 
     send_head_with_body()  # one send per response, not one for the head and one for the body
 
@@ -91,7 +91,7 @@ def post_worker_init(worker):
 
     patch_psycopg()
     worker.wsgi.services.start()
-    from wardrobe.serverio import freeze_startup_heap
+    from wardrobe.ops.serverio import freeze_startup_heap
 
     freeze_startup_heap()  # full collections no longer walk the ~115,000 objects every worker starts with
 

@@ -42,7 +42,7 @@ python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 # --- virtualenv with the package in editable mode --------------------------------------------------------------
-stamp=$(cat setup.cfg setup.py pyproject.toml src/wardrobe/profiling/_ticker.c | sha256sum | cut -c1-16)
+stamp=$(cat setup.cfg setup.py pyproject.toml src/wardrobe/ops/profiling/_ticker.c | sha256sum | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV"
     python3 -m venv "$VENV"

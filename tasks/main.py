@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from huey.consumer import Consumer
 
+    from tasks import work
+    from wardrobe import queue
+    from wardrobe.clients.redis_client import connect
     from wardrobe.config import Config, ConfigError
-    from wardrobe.redis_client import connect
-
-    from . import queue, work
 
     try:
         config = Config.from_env()
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     # Before anything imports prometheus_client: this consumer's processes share one metrics directory.
     metrics_dir = config.export_metrics_dir(f"worker-{args.queue}")
-    from wardrobe import metrics
+    from wardrobe.ops import metrics
 
     metrics.wipe_multiproc_dir(metrics_dir)
     if config.worker_metrics_bind:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     client = connect(config.redis_url, pool_size=workers + 10, timeout=max(config.redis_timeout, 2.0))
     hueys = queue.build(client)
     tasks: dict = {}
-    tasks.update(work.register(hueys, work.runtime_builder(config, client, tasks, processes=workers)))
+    tasks.update(queue.register(hueys, work.runtime_builder(config, client, tasks, processes=workers)))
 
     if not args.no_periodic:
         _start_reaper(config, client, tasks)
@@ -82,17 +82,16 @@ def main(argv: list[str] | None = None) -> None:
 def _start_reaper(config, client, tasks) -> None:
     # A separate process, forked before the consumer forks or spawns anything (no threads to inherit).
     def run(parent: int) -> None:
-        from wardrobe.db import Pool
-        from wardrobe.jobs import JobLedger
-
-        from .dispatch import Dispatcher
-        from .reaper import Reaper
+        from tasks.reaper import Reaper
+        from wardrobe.queue import Dispatcher
+        from wardrobe.store.db import Pool
+        from wardrobe.store.jobs import JobLedger
 
         pool = Pool(
             config.database_url, size=1, overflow=0, acquire_timeout=30, application_name="wardrobe-reaper"
         )
         ledger = JobLedger(pool)
-        from wardrobe import observability
+        from wardrobe.ops import observability
 
         Reaper(
             ledger,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from wardrobe.jobs import JobLedger
+from wardrobe.store.jobs import JobLedger
 
 log = logging.getLogger(__name__)
 

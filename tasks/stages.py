@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from wardrobe import capsules, items, outfits
-from wardrobe.ai import ItemAnalyzer, PermanentAIError, RateLimited, TransientAIError
-from wardrobe.db import Pool
-from wardrobe.images import ImageError, ImageStore
-from wardrobe.jobs import JobLedger
-from wardrobe.users import bump_version
+from tasks.analysis import outfits
+from tasks.analysis.ai import ItemAnalyzer, PermanentAIError, RateLimited, TransientAIError
+from wardrobe.clients.images import ImageError, ImageStore
+from wardrobe.store import capsules, items
+from wardrobe.store.db import Pool
+from wardrobe.store.jobs import JobLedger
+from wardrobe.store.users import bump_version
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from wardrobe.app import Services, create_app
-from wardrobe.auth import sign_init_data
 from wardrobe.config import Config
+from wardrobe.web.auth import sign_init_data
 
 BOT_TOKEN = "1234567890:TEST-bot-token-for-wardrobe-tests"
 TEST_DB = os.environ.get("WARDROBE_TEST_DATABASE", "wardrobe_test")

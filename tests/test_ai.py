@@ -15,8 +15,7 @@ import pytest
 import redis
 from PIL import Image, ImageDraw
 
-from tests.fakes.openai_server import FakeOpenAI
-from wardrobe.ai import (
+from tasks.analysis.ai import (
     CATEGORIES,
     LocalAnalyzer,
     OpenAIAnalyzer,
@@ -24,8 +23,9 @@ from wardrobe.ai import (
     RateLimited,
     TransientAIError,
 )
-from wardrobe.openai_limiter import OpenAIKeyPool, parse_go_duration
-from wardrobe.palette import COLOR_NAMES
+from tasks.analysis.openai_keys import OpenAIKeyPool, parse_go_duration
+from tasks.analysis.palette import COLOR_NAMES
+from tests.fakes.openai_server import FakeOpenAI
 
 REDIS_DB = 5
 KEY_ONE, KEY_TWO = "sk-test-one-0123456789", "sk-test-two-0123456789"

@@ -6,7 +6,7 @@ import urllib.parse
 import pytest
 from conftest import BOT_TOKEN, auth_header, make_config
 
-from wardrobe.auth import AuthError, InitDataValidator, sign_init_data
+from wardrobe.web.auth import AuthError, InitDataValidator, sign_init_data
 
 
 def test_valid_init_data_signs_in_and_creates_the_user(client, user):

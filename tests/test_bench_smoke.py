@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 
 from bench import run, seed
-from wardrobe.images import ImageStore
+from wardrobe.clients.images import ImageStore
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from processes import Memcached, free_port
 from pymemcache.client.base import Client as MemcacheClient
 
 from tests.fakes.brand_server import BrandServer
-from wardrobe.brands import (
+from wardrobe.clients.brands import (
     BrandsUnavailable,
     CatalogueBrands,
     CircuitBreaker,
@@ -22,7 +22,7 @@ from wardrobe.brands import (
     InvalidQuery,
     normalise_query,
 )
-from wardrobe.cache import Cache, NullCache
+from wardrobe.clients.cache import Cache, NullCache
 
 DEADLINE = 0.8
 # Generous on purpose: the behaviour under test is "bounded by the deadline", not a latency target.

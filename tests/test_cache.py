@@ -12,7 +12,7 @@ import pytest
 from processes import Memcached, free_port
 from psycopg2.extras import Json
 
-from wardrobe.cache import MISSING, Cache, LocalLRU, NullCache, cache_key
+from wardrobe.clients.cache import MISSING, Cache, LocalLRU, NullCache, cache_key
 
 TEST_DSN = f"postgresql:///{os.environ.get('WARDROBE_TEST_DATABASE', 'wardrobe_test')}"
 

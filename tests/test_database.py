@@ -11,8 +11,8 @@ import pytest
 from conftest import TEST_DSN
 
 from wardrobe.app import Services, create_app
-from wardrobe.db import Pool
 from wardrobe.migrate import apply
+from wardrobe.store.db import Pool
 
 
 def test_exhausted_pool_answers_503_with_retry_after(config, user):

@@ -221,10 +221,10 @@ def test_workers_publish_job_queue_and_openai_metrics(stack, user):
 
 def test_tasks_accept_trace_headers_added_by_an_api_with_sentry_on():
     # Sentry's Huey integration adds `sentry_headers` to messages; a worker without Sentry must still run them.
-    from tasks import queue, work
-    from wardrobe.redis_client import connect
+    from wardrobe import queue
+    from wardrobe.clients.redis_client import connect
 
-    tasks = work.register(queue.build(connect("redis://127.0.0.1:6390/0")), lambda q: _Runner())
+    tasks = queue.register(queue.build(connect("redis://127.0.0.1:6390/0")), lambda q: _Runner())
     assert tasks["analyze"].func("job-1", sentry_headers={"sentry-trace": "x"}) == "ran job-1"
 
 

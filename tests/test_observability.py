@@ -17,8 +17,8 @@ from processes import gunicorn
 from prometheus_client.parser import text_string_to_metric_families
 from test_profiling import decode_profile
 
-from wardrobe import observability
 from wardrobe.app import create_app
+from wardrobe.ops import observability
 
 
 @pytest.fixture(scope="module")

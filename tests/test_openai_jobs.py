@@ -12,13 +12,13 @@ from conftest import BOT_TOKEN, TEST_DSN, settle_unfinished_jobs
 from PIL import Image
 from processes import ROOT, RedisServer, worker
 
-from tasks import queue, work
-from tasks.dispatch import Dispatcher
 from tests.fakes.openai_server import FakeOpenAI
-from wardrobe.db import Pool
-from wardrobe.images import ImageStore
-from wardrobe.jobs import Jobs
-from wardrobe.redis_client import connect
+from wardrobe import queue
+from wardrobe.clients.images import ImageStore
+from wardrobe.clients.redis_client import connect
+from wardrobe.queue import Dispatcher
+from wardrobe.store.db import Pool
+from wardrobe.store.jobs import Jobs
 
 pytestmark = pytest.mark.slow
 KEYS = ["sk-burst-key-one", "sk-burst-key-two"]
@@ -82,7 +82,7 @@ def run_backlog(
     pool = Pool(TEST_DSN, size=1)
     try:
         client = connect(redis.url)
-        Dispatcher(work.register(queue.build(client)), Jobs(pool)).send(
+        Dispatcher(queue.register(queue.build(client)), Jobs(pool)).send(
             [{"id": i, "stage": "analyze"} for i in ids]
         )
         deadline = time.monotonic() + 90

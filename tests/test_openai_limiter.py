@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis
 
-from wardrobe.openai_limiter import NoBudget, OpenAIKeyPool, key_alias, parse_go_duration
+from tasks.analysis.openai_keys import NoBudget, OpenAIKeyPool, key_alias, parse_go_duration
 
 REDIS_DB = 5
 

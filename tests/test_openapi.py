@@ -7,7 +7,7 @@ import schemathesis
 from conftest import BOT_TOKEN, auth_header, make_config
 
 from wardrobe.app import create_app
-from wardrobe.openapi import paths
+from wardrobe.web.openapi import paths
 
 
 def test_document_matches_the_served_routes(client):

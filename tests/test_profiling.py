@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from tests.fakes.pyroscope_server import PyroscopeServer, parse_folded
-from wardrobe.profiling import (
+from wardrobe.ops.profiling import (
     ActivityRegistry,
     FlamegraphResource,
     PprofResource,
@@ -32,8 +32,8 @@ from wardrobe.profiling import (
     folded,
     task_context,
 )
-from wardrobe.profiling import pprof as pprof_encoder
-from wardrobe.profiling.aggregation import OVERFLOW_STACK, Frame, Window
+from wardrobe.ops.profiling import pprof as pprof_encoder
+from wardrobe.ops.profiling.aggregation import OVERFLOW_STACK, Frame, Window
 
 # --- a minimal protobuf reader, enough to check profile.proto ------------------------------------------
 
@@ -267,7 +267,7 @@ def test_the_native_clock_is_built_and_is_the_default() -> None:
 
 
 def test_the_native_clock_ticks_on_a_busy_main_thread_without_taking_its_gil() -> None:
-    from wardrobe.profiling import _ticker
+    from wardrobe.ops.profiling import _ticker
 
     registry = ActivityRegistry()
     profiler = Profiler(hz=100, window_seconds=1, registry=registry)

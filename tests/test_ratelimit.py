@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from wardrobe.ratelimit import UserRateLimiter, rate_limit_headers
+from wardrobe.clients.ratelimit import UserRateLimiter, rate_limit_headers
 
 REDIS_DB = 6
 

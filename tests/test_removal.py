@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from bench.seed import GARMENTS, garment_photo
-from tasks import removal
-from tasks.removal import BackgroundRemover, ModelMissing, encode_png
+from tasks.cutout import removal
+from tasks.cutout.removal import BackgroundRemover, ModelMissing, encode_png
 
 MODEL_HOME = Path(__file__).resolve().parent.parent / "var" / "models"
 

@@ -6,7 +6,7 @@ from gunicorn.config import Config
 from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 
-from wardrobe import serverio
+from wardrobe.ops import serverio
 
 JSON = [("Content-Type", "application/json"), ("Content-Length", "11")]
 

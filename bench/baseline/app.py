@@ -25,18 +25,19 @@ import psycopg2.pool
 from flask import Flask, Response, g, jsonify, request, send_file
 from PIL import Image
 
-from wardrobe import pagination, schemas
-from wardrobe.ai import CAPSULE_SCHEMA, ITEM_SCHEMA
-from wardrobe.auth import AuthError, InitDataValidator
-from wardrobe.brands import CatalogueBrands, InvalidQuery
-from wardrobe.capsules import CAPSULE_COLUMNS
-from wardrobe.capsules import serialize as serialize_capsule
-from wardrobe.images import ImageError, ImageStore, downscale, normalize
-from wardrobe.items import EDITABLE, ITEM_COLUMNS, wardrobe_for_capsules
-from wardrobe.items import serialize as serialize_item
-from wardrobe.jobs import JOB_COLUMNS, parse_id
-from wardrobe.jobs import serialize as serialize_job
-from wardrobe.outfits import candidates
+from tasks.analysis.ai import CAPSULE_SCHEMA, ITEM_SCHEMA
+from tasks.analysis.outfits import candidates
+from wardrobe.clients.brands import CatalogueBrands, InvalidQuery
+from wardrobe.clients.images import ImageError, ImageStore, downscale, normalize
+from wardrobe.store import pagination
+from wardrobe.store.capsules import CAPSULE_COLUMNS
+from wardrobe.store.capsules import serialize as serialize_capsule
+from wardrobe.store.items import EDITABLE, ITEM_COLUMNS, wardrobe_for_capsules
+from wardrobe.store.items import serialize as serialize_item
+from wardrobe.store.jobs import JOB_COLUMNS, parse_id
+from wardrobe.store.jobs import serialize as serialize_job
+from wardrobe.web import schemas
+from wardrobe.web.auth import AuthError, InitDataValidator
 
 psycopg2.extras.register_uuid()
 

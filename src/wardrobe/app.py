@@ -9,39 +9,48 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 from typing import Any
 
 import falcon
 import falcon.inspect
 from PIL import Image
 
-from . import errors, jsonio, metrics, middleware, observability
-from .auth import InitDataValidator
-from .brands import CatalogueBrands, CircuitBreaker, HttpBrandClient
-from .cache import Cache, LocalLRU, NullCache
-from .capsules import Capsules
-from .config import Config
-from .db import Pool
-from .http_cache import JsonValidators
-from .images import ImageStore
-from .items import Items
-from .jobs import Jobs
-from .offload import ThreadOffload
-from .openapi import OpenAPI
-from .profiling import FlamegraphResource, PprofResource, Profiler, ProfilingMiddleware, PyroscopePusher
-from .ratelimit import UserRateLimiter
-from .reads import WardrobeReads
-from .redis_client import connect as connect_redis
-from .resources.brands import Brands
-from .resources.capsules import Capsule, CapsuleCollection
-from .resources.health import Health, Ready
-from .resources.images import ImageFiles
-from .resources.items import Item, ItemCollection
-from .resources.jobs import Job
-from .resources.limits import RateLimits
-from .resources.me import Me
-from .users import Users
+from wardrobe import jsonio, queue
+from wardrobe.clients.brands import CatalogueBrands, CircuitBreaker, HttpBrandClient
+from wardrobe.clients.cache import Cache, LocalLRU, NullCache
+from wardrobe.clients.images import ImageStore
+from wardrobe.clients.offload import ThreadOffload
+from wardrobe.clients.ratelimit import UserRateLimiter
+from wardrobe.clients.redis_client import connect as connect_redis
+from wardrobe.config import Config
+from wardrobe.ops import metrics, observability
+from wardrobe.ops.profiling import (
+    FlamegraphResource,
+    PprofResource,
+    Profiler,
+    ProfilingMiddleware,
+    PyroscopePusher,
+    build_profiler,
+)
+from wardrobe.queue import Dispatcher
+from wardrobe.store.capsules import Capsules
+from wardrobe.store.db import Pool
+from wardrobe.store.items import Items
+from wardrobe.store.jobs import Jobs
+from wardrobe.store.users import Users
+from wardrobe.web import errors, middleware
+from wardrobe.web.auth import InitDataValidator
+from wardrobe.web.http_cache import JsonValidators
+from wardrobe.web.openapi import OpenAPI
+from wardrobe.web.reads import WardrobeReads
+from wardrobe.web.resources.brands import Brands
+from wardrobe.web.resources.capsules import Capsule, CapsuleCollection
+from wardrobe.web.resources.health import Health, Ready
+from wardrobe.web.resources.images import ImageFiles
+from wardrobe.web.resources.items import Item, ItemCollection
+from wardrobe.web.resources.jobs import Job
+from wardrobe.web.resources.me import Me
+from wardrobe.web.throttle import RateLimits
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +76,8 @@ class Services:
     pusher: PyroscopePusher | None
 
     @classmethod
-    def build(cls, config: Config, **overrides: Any) -> Services:
-        from tasks import queue, work
-        from tasks.dispatch import Dispatcher
-
+    def build(cls, config: Config, dispatcher: Any = None, **overrides: Any) -> Services:
+        """`dispatcher`: what sends committed jobs (default: the Huey queues on this Redis, enqueue-only)."""
         pool = overrides.pop("pool", None) or Pool(
             config.database_url,
             size=config.db_pool_size,
@@ -87,7 +94,7 @@ class Services:
         )
         cache = overrides.pop("cache", None) or _cache(config)
         jobs = Jobs(pool)
-        profiler, pusher = _profiler(config, role="api")
+        profiler, pusher = build_profiler(config, role="api")
         values: dict[str, Any] = {
             "config": config,
             "pool": pool,
@@ -98,10 +105,7 @@ class Services:
             "store": ImageStore(config.images_dir),
             "offload": ThreadOffload(config.image_threads),
             "redis": redis,
-            # The API only enqueues: tasks are registered without a runtime, so no model is ever loaded here.
-            "dispatcher": Dispatcher(
-                work.register(queue.build(redis)), jobs, on_error=observability.dependency_error
-            ),
+            "dispatcher": dispatcher or enqueuer(redis, jobs),
             "cache": cache,
             "brands": _brands(config, cache),
             "limiter": UserRateLimiter(
@@ -142,7 +146,7 @@ class Services:
         if hasattr(self.brands, "close"):
             self.brands.close()
 
-    def dispatch(self, jobs: list[dict[str, Any]], req: falcon.Request | None = None) -> None:
+    def dispatch(self, jobs: list[dict[str, Any]]) -> None:
         """After the commit: hand the jobs to Redis; if it is down, the reaper sends them later."""
         self.dispatcher.send(jobs)
 
@@ -182,29 +186,22 @@ def _brands(config: Config, cache: Any) -> Any:
     )
 
 
-def _profiler(config: Config, role: str, **tags: str) -> tuple[Profiler | None, PyroscopePusher | None]:
-    if not config.profile_hz:
-        return None, None
-    tags = {"host": socket.gethostname(), "role": role, **tags}
-    pusher = PyroscopePusher(config.pyroscope_url, "wardrobe", tags=tags) if config.pyroscope_url else None
-    profiler = Profiler(
-        hz=config.profile_hz,
-        keep_minutes=config.profile_keep_minutes,
-        clock_mode=config.profile_clock,
-        tags=tags,
-        on_window=[pusher.submit] if pusher else (),
-    )
-    return profiler, pusher
-
-
 class WardrobeApp(falcon.App):
     """falcon.App with a place for its services, so gunicorn hooks can start and close them."""
 
     services: Services
 
 
-def create_app(config: Config, services: Services | None = None) -> WardrobeApp:
-    services = services or Services.build(config)
+def enqueuer(redis: Any, jobs: Jobs) -> Dispatcher:
+    """The API's dispatcher: the tasks declared without a runtime, so this process can only enqueue them."""
+    return Dispatcher(queue.register(queue.build(redis)), jobs, on_error=observability.dependency_error)
+
+
+def create_app(
+    config: Config, services: Services | None = None, dispatcher: Dispatcher | None = None
+) -> WardrobeApp:
+    """The API. `services` and `dispatcher` are seams for tests; by default both are built from `config`."""
+    services = services or Services.build(config, dispatcher=dispatcher)
     # The decompression-bomb guard that Pillow itself applies; our own check runs before it.
     Image.MAX_IMAGE_PIXELS = config.max_image_pixels
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .auth import sign_init_data
-from .config import Config, ConfigError
+from wardrobe.config import Config, ConfigError
+from wardrobe.web.auth import sign_init_data
 
 
 def _config() -> Config:
@@ -18,7 +18,7 @@ def _config() -> Config:
 
 def migrate(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(description="Apply pending database migrations.").parse_args(argv)
-    from .migrate import apply
+    from wardrobe.migrate import apply
 
     applied = apply(_config().database_url)
     print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")

@@ -1,0 +1,1 @@
+"""Operating the service: metrics, Sentry, the server's I/O and logs, and the continuous profiler."""

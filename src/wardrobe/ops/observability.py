@@ -1,0 +1,163 @@
+"""Connects the app's hooks to Prometheus and Sentry, and guards the operator-only endpoints.
+
+The domain code only calls plain callables (`on_error`, `observe`, ...); this module decides what they record.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from typing import Any
+
+import falcon
+
+from wardrobe.ops import metrics
+
+log = logging.getLogger(__name__)
+
+
+class OperatorGuard:
+    """/metrics and /debug/*: a matching bearer token, or a direct (not proxied) loopback client."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    def __call__(self, req: falcon.Request) -> bool:
+        header = req.get_header("Authorization") or ""
+        if self._token and header.startswith("Bearer "):
+            if hmac.compare_digest(header[7:].strip().encode(), self._token):
+                return True
+            raise falcon.HTTPForbidden(description="Wrong operator token.")
+        if req.get_header("X-Forwarded-For"):
+            raise falcon.HTTPForbidden(description="Operator endpoints are not served through the balancer.")
+        try:
+            if ipaddress.ip_address(req.remote_addr or "").is_loopback:
+                return True
+        except ValueError:
+            pass
+        raise falcon.HTTPForbidden(description="Operator endpoints need the metrics token.")
+
+
+class PoolMetrics:
+    """The Postgres pool's observer."""
+
+    def acquired(self, seconds: float, in_use: int, waiting: int) -> None:
+        c = metrics.collectors()
+        c.db_pool_acquire.observe(seconds)
+        c.db_pool_in_use.set(in_use)
+        c.db_pool_waiting.set(waiting)
+
+
+def cache_error(kind: str) -> None:
+    metrics.collectors().dependency_errors.labels(dependency="memcached").inc()
+
+
+def cache_result(kind: str, hit: bool) -> None:
+    metrics.collectors().cache_requests.labels(kind=kind, result="hit" if hit else "miss").inc()
+
+
+def dependency_error(dependency: str) -> None:
+    metrics.collectors().dependency_errors.labels(dependency=dependency).inc()
+
+
+def rate_limit_fail_open(rule: str) -> None:
+    metrics.collectors().ratelimit_fail_open.labels(limit=rule).inc()
+    dependency_error("redis")
+
+
+def brand_outcome(outcome: str) -> None:
+    metrics.collectors().brand_api_requests.labels(outcome=outcome).inc()
+
+
+def breaker_state(old: str, new: str) -> None:
+    metrics.collectors().brand_breaker_state.set(metrics.BREAKER_STATES.get(new.replace("_", "-"), 0))
+
+
+def openai_call(alias: str, outcome: str, tokens: int) -> None:
+    c = metrics.collectors()
+    if outcome.startswith("429:"):
+        c.openai_rate_limited.labels(key_alias=alias, kind=outcome[4:]).inc()
+        return
+    c.openai_requests.labels(key_alias=alias, status=outcome).inc()
+    if tokens:
+        c.openai_tokens.labels(key_alias=alias).inc(tokens)
+
+
+def job_finished(kind: str, outcome: str, seconds: float) -> None:
+    c = metrics.collectors()
+    c.jobs.labels(kind=kind, outcome=outcome).inc()
+    c.job_duration.labels(kind=kind, outcome=outcome).observe(seconds)
+
+
+def queue_backlog(rows: list[dict[str, Any]]) -> None:
+    from wardrobe.queue import STAGE_QUEUE
+
+    c = metrics.collectors()
+    per_queue = {q: (0, 0.0) for q in set(STAGE_QUEUE.values())}
+    for row in rows:
+        queue = STAGE_QUEUE.get(row["stage"], row["stage"])
+        count, age = per_queue.get(queue, (0, 0.0))
+        per_queue[queue] = (count + row["waiting"], max(age, float(row["oldest_age"])))
+    for queue, (count, age) in per_queue.items():
+        c.queue_length.labels(queue=queue).set(count)
+        c.queue_oldest_age.labels(queue=queue).set(age)
+
+
+# --- Sentry --------------------------------------------------------------------------------------------------
+
+
+def init_sentry(dsn: str, environment: str, role: str, transport: Any = None) -> bool:
+    """Per process, after fork. 4xx never reach Sentry: they are the client's, and falcon answers them.
+    No personal data is sent by default: events carry a user id tag, never names or init data."""
+    if not dsn:
+        return False
+    import sentry_sdk
+
+    def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+        exc = (hint.get("exc_info") or (None, None))[1]
+        if isinstance(exc, falcon.HTTPError) and exc.status_code < 500:
+            return None
+        return event
+
+    options: dict[str, Any] = {
+        "dsn": dsn,
+        "environment": environment,
+        "traces_sample_rate": 0.0,
+        "before_send": before_send,
+    }
+    if transport is not None:
+        options["transport"] = transport
+    sentry_sdk.init(**options)
+    sentry_sdk.set_tag("role", role)
+    return True
+
+
+def report(exc: BaseException | None = None, message: str | None = None, **tags: Any) -> None:
+    """Send a failure to Sentry (a no-op when it is not configured)."""
+    import sentry_sdk
+
+    with sentry_sdk.new_scope() as scope:
+        for key, value in tags.items():
+            if value is not None:
+                scope.set_tag(key, str(value))
+        if exc is not None:
+            sentry_sdk.capture_exception(exc)
+        elif message:
+            sentry_sdk.capture_message(message, level="error")
+
+
+class SentryTags:
+    """Tags the request's Sentry scope with its route, user id and request id (falcon middleware)."""
+
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any
+    ) -> None:
+        import sentry_sdk
+
+        scope = sentry_sdk.get_isolation_scope()
+        scope.set_tag("route", req.uri_template or "unmatched")
+        scope.set_tag("request_id", getattr(req.context, "request_id", None))
+        user = getattr(req.context, "user", None)
+        if user is not None:
+            scope.set_user({"id": str(user.id)})

@@ -1,0 +1,1 @@
+"""Postgres: the pool and every SQL statement, one module per aggregate."""

@@ -1,0 +1,132 @@
+"""Capsules: sets of outfits built from a user's wardrobe. Every SQL statement about capsules lives here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg2.extras import Json
+
+from wardrobe.store import items, jobs, pagination
+from wardrobe.store.db import Pool
+from wardrobe.store.users import bump_version
+
+CAPSULE_COLUMNS = (
+    "id, user_id, state, occasion, season, size, name, description, outfits, source, wardrobe_version, "
+    "created_at, updated_at"
+)
+
+
+def serialize(row: dict[str, Any], wardrobe: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    outfits = row["outfits"]
+    if wardrobe is not None:
+        outfits = [
+            {**o, "items": [items.serialize(wardrobe[i]) for i in o.get("item_ids", []) if i in wardrobe]}
+            for o in outfits
+        ]
+    return {
+        "id": str(row["id"]),
+        "state": row["state"],
+        "occasion": row["occasion"],
+        "season": row["season"],
+        "size": row["size"],
+        "name": row["name"],
+        "description": row["description"],
+        "outfits": outfits,
+        "source": row["source"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+class Capsules:
+    def __init__(self, pool: Pool, max_attempts: int = 5) -> None:
+        self._pool = pool
+        self._max_attempts = max_attempts
+
+    def request(
+        self, user_id: int, params: dict[str, Any], request_id: str | None = None
+    ) -> tuple[dict, dict]:
+        """A pending capsule and the job that builds it, in one transaction."""
+
+        def insert(cur: Any) -> tuple[dict, dict]:
+            cur.execute(
+                f"""
+                INSERT INTO capsules (user_id, occasion, season, size) VALUES (%s, %s, %s, %s)
+                RETURNING {CAPSULE_COLUMNS}
+                """,
+                (user_id, params.get("occasion"), params.get("season"), params.get("size") or 3),
+            )
+            capsule = cur.fetchone()
+            job = jobs.insert(
+                cur,
+                user_id=user_id,
+                kind="build_capsule",
+                stage="capsule",
+                max_attempts=self._max_attempts,
+                capsule_id=capsule["id"],
+                request_id=request_id,
+            )
+            bump_version(cur, user_id)
+            return capsule, job
+
+        return self._pool.run(insert)
+
+    def list(self, user_id: int, *, limit: int, cursor: str | None = None) -> tuple[list[dict], str | None]:
+        after, after_params = pagination.after(cursor)
+
+        def select(cur: Any) -> list[dict]:
+            cur.execute(
+                f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE user_id = %s{after} "
+                "ORDER BY created_at DESC, id DESC LIMIT %s",
+                [user_id, *after_params, limit + 1],
+            )
+            return cur.fetchall()
+
+        return pagination.page(self._pool.run(select, transaction=False), limit)
+
+    def get(self, user_id: int, capsule_id: str) -> tuple[dict, dict[str, dict]] | None:
+        """The capsule and the items its outfits name (those still in the wardrobe)."""
+        capsule_id = jobs.parse_id(capsule_id)
+        if capsule_id is None:
+            return None
+
+        def select(cur: Any) -> tuple[dict, dict[str, dict]] | None:
+            cur.execute(
+                f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = %s AND user_id = %s",
+                (capsule_id, user_id),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            ids = sorted({i for o in row["outfits"] for i in o.get("item_ids", [])})
+            cur.execute(
+                f"SELECT {items.ITEM_COLUMNS} FROM items WHERE user_id = %s AND id = ANY(%s::uuid[])",
+                (user_id, ids),
+            )
+            return row, {str(r["id"]): r for r in cur.fetchall()}
+
+        return self._pool.run(select, transaction=False)
+
+
+def for_job(cur: Any, capsule_id: Any) -> dict[str, Any] | None:
+    cur.execute(f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = %s", (capsule_id,))
+    return cur.fetchone()
+
+
+def complete(
+    cur: Any, capsule_id: Any, *, name: str, description: str, outfits: list, source: str, version: int
+) -> None:
+    cur.execute(
+        """
+        UPDATE capsules SET state = 'ready', name = %s, description = %s, outfits = %s, source = %s,
+                            wardrobe_version = %s, updated_at = clock_timestamp()
+         WHERE id = %s
+        """,
+        (name, description, Json(outfits), source, version, capsule_id),
+    )
+
+
+def mark_failed(cur: Any, capsule_id: Any) -> None:
+    cur.execute(
+        "UPDATE capsules SET state = 'failed', updated_at = clock_timestamp() WHERE id = %s", (capsule_id,)
+    )

@@ -1,0 +1,210 @@
+"""Jobs: the Postgres record of background work (the outbox). Every SQL statement about jobs lives here.
+
+A job row is committed with the row it works on; handing it to Redis happens after the commit and is recorded in
+`enqueued_at`, so a job whose enqueue failed is found and sent again by the reaper.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from psycopg2.extras import Json
+
+from wardrobe.store.db import Pool
+
+JOB_COLUMNS = (
+    "id, user_id, kind, stage, state, item_id, capsule_id, attempts, max_attempts, error, result, request_id, "
+    "run_after, enqueued_at, locked_until, created_at, updated_at"
+)
+
+
+def insert(
+    cur: Any,
+    *,
+    user_id: int,
+    kind: str,
+    stage: str,
+    max_attempts: int,
+    item_id: Any = None,
+    capsule_id: Any = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    cur.execute(
+        f"""
+        INSERT INTO jobs (user_id, kind, stage, max_attempts, item_id, capsule_id, request_id)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        RETURNING {JOB_COLUMNS}
+        """,
+        (user_id, kind, stage, max_attempts, item_id, capsule_id, request_id),
+    )
+    return cur.fetchone()
+
+
+def serialize(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "kind": row["kind"],
+        "state": row["state"],
+        "stage": row["stage"],
+        "attempts": row["attempts"],
+        "error": row["error"],
+        "result": row["result"],
+        "item_id": str(row["item_id"]) if row["item_id"] else None,
+        "capsule_id": str(row["capsule_id"]) if row["capsule_id"] else None,
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+def parse_id(raw: str) -> str | None:
+    try:
+        return str(uuid.UUID(raw))
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+class Jobs:
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    def get(self, user_id: int, job_id: str) -> dict[str, Any] | None:
+        job_id = parse_id(job_id)
+        if job_id is None:
+            return None
+
+        def select(cur: Any) -> Any:
+            cur.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s AND user_id = %s", (job_id, user_id))
+            return cur.fetchone()
+
+        return self._pool.run(select, transaction=False)
+
+    def mark_enqueued(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+
+        def update(cur: Any) -> None:
+            cur.execute(
+                "UPDATE jobs SET enqueued_at = clock_timestamp() WHERE id = ANY(%s::uuid[])",
+                ([str(j) for j in job_ids],),
+            )
+
+        self._pool.run(update, transaction=False)
+
+
+__all__ = ["JOB_COLUMNS", "Jobs", "Json", "insert", "parse_id", "serialize"]
+
+
+class JobLedger(Jobs):
+    """The workers' side of jobs: claim with a lease, advance, finish, retry, and what the reaper must resend."""
+
+    def claim(self, job_id: str, stage: str, lease_seconds: int) -> dict[str, Any] | None:
+        """Take the job if it is ours to run: queued and due, or running with an expired lease.
+
+        Returns None for a duplicate delivery, a finished job, or one that moved to another stage.
+        """
+
+        def update(cur: Any) -> Any:
+            cur.execute(
+                f"""
+                UPDATE jobs
+                   SET state = 'running', attempts = attempts + 1,
+                       locked_until = clock_timestamp() + make_interval(secs => %s),
+                       started_at = COALESCE(started_at, clock_timestamp()), updated_at = clock_timestamp()
+                 WHERE id = %s AND stage = %s
+                   AND ((state = 'queued' AND run_after <= clock_timestamp() + interval '1 second')
+                        OR (state = 'running' AND locked_until < clock_timestamp()))
+             RETURNING {JOB_COLUMNS}
+                """,
+                (lease_seconds, job_id, stage),
+            )
+            return cur.fetchone()
+
+        return self._pool.run(update, transaction=False)
+
+    @staticmethod
+    def advance(cur: Any, job_id: str, stage: str) -> None:
+        """Hand the job to its next stage (inside the caller's transaction)."""
+        cur.execute(
+            """
+            UPDATE jobs SET stage = %s, state = 'queued', attempts = 0, locked_until = NULL, enqueued_at = NULL,
+                            error = NULL, run_after = clock_timestamp(), updated_at = clock_timestamp()
+             WHERE id = %s
+            """,
+            (stage, job_id),
+        )
+
+    @staticmethod
+    def succeed(cur: Any, job_id: str, result: dict[str, Any]) -> None:
+        cur.execute(
+            """
+            UPDATE jobs SET state = 'succeeded', result = %s, error = NULL, locked_until = NULL,
+                            finished_at = clock_timestamp(), updated_at = clock_timestamp()
+             WHERE id = %s
+            """,
+            (Json(result), job_id),
+        )
+
+    @staticmethod
+    def fail(cur: Any, job_id: str, error: str) -> None:
+        cur.execute(
+            """
+            UPDATE jobs SET state = 'failed', error = %s, locked_until = NULL,
+                            finished_at = clock_timestamp(), updated_at = clock_timestamp()
+             WHERE id = %s
+            """,
+            (error[:500], job_id),
+        )
+
+    def retry_later(self, job_id: str, error: str, delay: float, *, count_attempt: bool = True) -> None:
+        """Back to the queue after `delay` seconds; a rate-limit deferral does not use up an attempt."""
+
+        def update(cur: Any) -> None:
+            cur.execute(
+                """
+                UPDATE jobs SET state = 'queued', error = %s, locked_until = NULL,
+                                attempts = attempts - %s,
+                                run_after = clock_timestamp() + make_interval(secs => %s),
+                                enqueued_at = clock_timestamp(), updated_at = clock_timestamp()
+                 WHERE id = %s AND state = 'running'
+                """,
+                (error[:500], 0 if count_attempt else 1, delay, job_id),
+            )
+
+        self._pool.run(update, transaction=False)
+
+    def unsent(self, grace_seconds: float, stale_seconds: float, limit: int = 500) -> list[dict[str, Any]]:
+        """Jobs that need (re)sending to Redis: never enqueued, lease expired, or enqueued long ago and idle."""
+
+        def select(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(
+                """
+                SELECT id, stage, state, run_after FROM jobs
+                 WHERE (state = 'queued' AND run_after <= clock_timestamp()
+                        AND created_at < clock_timestamp() - make_interval(secs => %s)
+                        AND (enqueued_at IS NULL OR enqueued_at < clock_timestamp() - make_interval(secs => %s)))
+                    OR (state = 'running' AND locked_until < clock_timestamp())
+                 ORDER BY run_after
+                 LIMIT %s
+                """,
+                (grace_seconds, stale_seconds, limit),
+            )
+            return cur.fetchall()
+
+        return self._pool.run(select, transaction=False)
+
+    def backlog(self) -> list[dict[str, Any]]:
+        """Per stage: how many jobs wait and how old the oldest is (for metrics)."""
+
+        def select(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(
+                """
+                SELECT stage, count(*) AS waiting,
+                       COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(run_after)), 0) AS oldest_age
+                  FROM jobs WHERE state = 'queued' AND run_after <= clock_timestamp()
+                 GROUP BY stage
+                """
+            )
+            return cur.fetchall()
+
+        return self._pool.run(select, transaction=False)

@@ -1,0 +1,1 @@
+"""HTTP: the Falcon resources, middleware, Telegram auth, errors, conditional requests and the OpenAPI document."""

@@ -1,0 +1,58 @@
+"""Falcon resources: parse and authorise, call a domain object, shape the response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from wardrobe.web.schemas import validation_errors
+
+
+def json_body(req: falcon.Request, schema: dict[str, Any], *, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object, validated; 400/415 with the reason otherwise."""
+    if optional and not req.content_length:
+        body: Any = {}
+    else:
+        if not req.content_type or not req.content_type.lower().startswith("application/json"):
+            raise falcon.HTTPUnsupportedMediaType(description="Send the body as application/json.")
+        body = req.get_media()
+    if not isinstance(body, dict):
+        raise falcon.HTTPBadRequest(title="Invalid body", description="The body must be a JSON object.")
+    if _has_nul(body):
+        raise falcon.HTTPBadRequest(title="Invalid body", description="Text must not contain NUL characters.")
+    errors = validation_errors(schema, body)
+    if errors:
+        raise falcon.HTTPBadRequest(title="Invalid body", description="; ".join(errors[:5]))
+    return body
+
+
+def page_limit(req: falcon.Request, default: int = 20, maximum: int = 100) -> int:
+    raw = req.get_param("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise falcon.HTTPBadRequest(
+            title="Invalid limit", description=f"limit must be an integer 1..{maximum}."
+        )
+    return int(raw)
+
+
+def choice_param(req: falcon.Request, name: str, allowed: list[str]) -> str | None:
+    value = req.get_param(name)
+    if value is not None and value not in allowed:
+        raise falcon.HTTPBadRequest(
+            title=f"Invalid {name}", description=f"{name} must be one of: {', '.join(allowed)}."
+        )
+    return value
+
+
+def _has_nul(value: Any) -> bool:
+    # Postgres text cannot hold U+0000; refuse it up front rather than fail at the database.
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False

@@ -1,0 +1,54 @@
+"""Outfit capsules: request one (built in the background), list them, read one with its items."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+
+from wardrobe.store import capsules, jobs
+from wardrobe.store.capsules import Capsules
+from wardrobe.web.reads import WardrobeReads
+from wardrobe.web.resources import json_body, page_limit
+from wardrobe.web.schemas import CAPSULE_REQUEST
+
+
+class CapsuleCollection:
+    def __init__(
+        self,
+        capsules_: Capsules,
+        after_commit: Callable[[list[dict[str, Any]]], None],
+        reads: WardrobeReads,
+        limit: Callable[[falcon.Request, falcon.Response, str], None],
+    ) -> None:
+        self._capsules = capsules_
+        self._after_commit = after_commit
+        self._reads = reads
+        self._limit = limit
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._reads.respond(
+            req, resp, "capsules", {"limit": page_limit(req), "cursor": req.get_param("cursor")}
+        )
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._limit(req, resp, "capsule")
+        params = json_body(req, CAPSULE_REQUEST, optional=True)
+        capsule, job = self._capsules.request(req.context.user.id, params, req.context.request_id)
+        self._after_commit([job])
+        resp.status = falcon.HTTP_202
+        resp.location = f"/api/v1/capsules/{capsule['id']}"
+        resp.media = {"capsule": capsules.serialize(capsule), "job": jobs.serialize(job)}
+
+
+class Capsule:
+    def __init__(self, capsules_: Capsules) -> None:
+        self._capsules = capsules_
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, capsule_id: str) -> None:
+        found = self._capsules.get(req.context.user.id, capsule_id)
+        if found is None:
+            raise falcon.HTTPNotFound(description="No such capsule.")
+        row, wardrobe = found
+        resp.media = capsules.serialize(row, wardrobe)

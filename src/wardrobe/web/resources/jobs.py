@@ -1,0 +1,20 @@
+"""A background job, as its owner polls it."""
+
+from __future__ import annotations
+
+import falcon
+
+from wardrobe.store import jobs
+from wardrobe.store.jobs import Jobs
+
+
+class Job:
+    def __init__(self, jobs_: Jobs) -> None:
+        self._jobs = jobs_
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        row = self._jobs.get(req.context.user.id, job_id)
+        if row is None:
+            raise falcon.HTTPNotFound(description="No such job.")
+        resp.media = jobs.serialize(row)
+        resp.cache_control = ["private", "no-cache"]
