@@ -1,11 +1,13 @@
 """Settings: defaults that work on one machine, and one clear line naming the variable when a value is bad."""
 
+import dataclasses
 import subprocess
 import sys
+import typing
 
 import pytest
 
-from wardrobe.config import Config, ConfigError
+from wardrobe.config import _SETTING, Config, ConfigError, documented_settings
 
 
 def test_defaults_work_on_one_machine(tmp_path):
@@ -46,3 +48,37 @@ def test_gunicorn_refuses_to_start_with_one_clear_line(tmp_path):
     assert result.returncode != 0
     assert "WARDROBE_DB_POOL_SIZE='lots' is invalid" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_field_is_one_setting_whose_default_parses_to_its_type():
+    # The field is a setting's only declaration: a field added without `setting(...)` would never be read
+    # from the environment, a copied line would make two fields read one variable, and a default or parser
+    # that does not fit the annotation would only show up at start-up.
+    fields = dataclasses.fields(Config)
+    assert [f.name for f in fields if _SETTING not in f.metadata] == []
+    variables = [name for name, _ in documented_settings()]
+    assert len(variables) == len(fields)
+    assert sorted(name for name in set(variables) if variables.count(name) > 1) == []
+    hints = typing.get_type_hints(Config)
+    for field in fields:
+        name, parse, default = field.metadata[_SETTING]
+        expected = typing.get_origin(hints[field.name]) or hints[field.name]
+        assert isinstance(parse(default), expected), f"{name}={default!r} does not parse to {expected}"
+
+
+def test_blank_means_the_default_except_for_lists(tmp_path):
+    config = Config.from_env(
+        {"WARDROBE_DATA_DIR": str(tmp_path), "WARDROBE_BIND": " ", "WARDROBE_MEMCACHED_SERVERS": ""}
+    )
+    assert config.bind == "127.0.0.1:8000"
+    assert config.memcached_servers == ()
+    assert Config.from_env({"WARDROBE_DATA_DIR": str(tmp_path)}).memcached_servers == ("127.0.0.1:11211",)
+
+
+def test_overrides_are_by_field_and_a_config_can_be_built_or_replaced_directly(tmp_path):
+    config = Config.from_env({"WARDROBE_DATA_DIR": str(tmp_path)}, db_pool_size=3, telegram_bot_token="1:x")
+    assert (config.db_pool_size, config.telegram_bot_token) == (3, "1:x")
+    assert Config(**dataclasses.asdict(config)) == config
+    assert dataclasses.replace(config, bind="0.0.0.0:9000").bind == "0.0.0.0:9000"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.bind = "0.0.0.0:9000"

@@ -1,6 +1,8 @@
 """The one place that reads the environment: every setting, its default and its coercion.
 
-`Config.from_env()` fails start-up with one clear line naming the variable when a value is bad.
+Each setting is declared once, as a `Config` field carrying its variable, parser and default, so the
+variable, the attribute and the README's table cannot drift apart. `Config.from_env()` fails start-up with
+one clear line naming the variable when a value is bad.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ConfigError(ValueError):
@@ -84,151 +86,107 @@ def _rate(raw: str) -> tuple[int, int]:
     return value
 
 
-# (environment variable, field, parser, default as the environment would spell it)
-_SETTINGS: list[tuple[str, str, Callable[[str], Any], str]] = [
-    ("WARDROBE_BIND", "bind", _bind, "127.0.0.1:8000"),
-    ("WARDROBE_DATA_DIR", "data_dir", _path, "var"),
-    ("WARDROBE_DATABASE_URL", "database_url", _str, "postgresql:///wardrobe"),
-    ("WARDROBE_DB_POOL_SIZE", "db_pool_size", _int(1, 1000), "20"),
-    ("WARDROBE_DB_POOL_OVERFLOW", "db_pool_overflow", _int(0, 1000), "10"),
-    ("WARDROBE_DB_ACQUIRE_TIMEOUT", "db_acquire_timeout", _float(0.01), "2.0"),
-    ("WARDROBE_DB_CONNECT_TIMEOUT", "db_connect_timeout", _float(0.1), "3.0"),
-    ("WARDROBE_DB_STATEMENT_TIMEOUT_MS", "db_statement_timeout_ms", _int(1), "5000"),
-    ("WARDROBE_DB_IDLE_TX_TIMEOUT_MS", "db_idle_tx_timeout_ms", _int(1), "10000"),
-    ("WARDROBE_TELEGRAM_BOT_TOKEN", "telegram_bot_token", _str, ""),
-    ("WARDROBE_INIT_DATA_MAX_AGE", "init_data_max_age", _int(0), "86400"),
-    ("WARDROBE_MAX_UPLOAD_BYTES", "max_upload_bytes", _int(1024), str(10 * 1024 * 1024)),
-    ("WARDROBE_MAX_IMAGE_PIXELS", "max_image_pixels", _int(1), str(40_000_000)),
-    ("WARDROBE_IMAGE_THREADS", "image_threads", _int(1, 64), "2"),
-    ("WARDROBE_REDIS_URL", "redis_url", _url, "redis://127.0.0.1:6379/0"),
-    ("WARDROBE_REDIS_POOL_SIZE", "redis_pool_size", _int(1, 10000), "50"),
-    ("WARDROBE_REDIS_TIMEOUT", "redis_timeout", _float(0.01), "0.5"),
-    ("WARDROBE_MEMCACHED_SERVERS", "memcached_servers", _list, "127.0.0.1:11211"),
-    ("WARDROBE_MEMCACHED_TIMEOUT", "memcached_timeout", _float(0.01), "0.2"),
-    ("WARDROBE_MEMCACHED_POOL_SIZE", "memcached_pool_size", _int(1, 10000), "32"),
-    ("WARDROBE_CACHE_LOCAL_TTL", "cache_local_ttl", _float(0.0), "2.0"),
-    ("WARDROBE_CAPSULE_TTL", "capsule_ttl", _int(1), "86400"),
-    ("WARDROBE_OPENAI_API_KEYS", "openai_api_keys", _list, ""),
-    ("WARDROBE_OPENAI_BASE_URL", "openai_base_url", _url, "https://api.openai.com/v1"),
-    ("WARDROBE_OPENAI_MODEL", "openai_model", _str, "gpt-4o-mini"),
-    ("WARDROBE_OPENAI_RPM", "openai_rpm", _int(1), "500"),
-    ("WARDROBE_OPENAI_TPM", "openai_tpm", _int(1), "200000"),
-    ("WARDROBE_OPENAI_TIMEOUT", "openai_timeout", _float(0.1), "30"),
-    ("WARDROBE_OPENAI_CONNECT_TIMEOUT", "openai_connect_timeout", _float(0.1), "5"),
-    ("WARDROBE_OPENAI_MAX_WAIT", "openai_max_wait", _float(0.0), "10"),
-    ("WARDROBE_OPENAI_HEADROOM", "openai_headroom", _float(0.0), "0.1"),
-    ("WARDROBE_OPENAI_WINDOW", "openai_window", _float(0.1), "60"),
-    ("WARDROBE_REMBG_MODEL", "rembg_model", _str, "u2netp"),
-    ("WARDROBE_U2NET_HOME", "u2net_home", _path, "var/models"),
-    ("WARDROBE_IMAGE_MAX_SIDE", "image_max_side", _int(64, 8192), "1024"),
-    ("WARDROBE_IMAGE_WORKERS", "image_workers", _int(1, 64), "1"),
-    ("WARDROBE_ONNX_THREADS", "onnx_threads", _int(0, 64), "0"),
-    ("WARDROBE_CUTOUT_PRECISION", "cutout_precision", _choice("auto", "bf16", "f32"), "auto"),
-    ("WARDROBE_IMAGE_WORKER_MAX_TASKS", "image_worker_max_tasks", _int(1), "200"),
-    ("WARDROBE_IMAGE_CATCHUP_SECONDS", "image_catchup_seconds", _float(0), "10"),
-    ("WARDROBE_AI_WORKERS", "ai_workers", _int(1, 1000), "32"),
-    ("WARDROBE_JOB_MAX_ATTEMPTS", "job_max_attempts", _int(1, 100), "5"),
-    ("WARDROBE_JOB_LEASE_SECONDS", "job_lease_seconds", _int(5), "300"),
-    ("WARDROBE_REAPER_INTERVAL", "reaper_interval", _float(0.5), "15"),
-    ("WARDROBE_REAPER_GRACE", "reaper_grace", _float(0.0), "10"),
-    ("WARDROBE_BRAND_API_URL", "brand_api_url", _url, ""),
-    ("WARDROBE_BRAND_API_TIMEOUT", "brand_api_timeout", _float(0.05), "0.8"),
-    ("WARDROBE_BRAND_API_CONCURRENCY", "brand_api_concurrency", _int(1, 1000), "10"),
-    ("WARDROBE_RATE_LIMIT_UPLOAD", "rate_limit_upload", _rate, "30/60"),
-    ("WARDROBE_RATE_LIMIT_CAPSULE", "rate_limit_capsule", _rate, "10/60"),
-    ("WARDROBE_RATE_LIMIT_BRANDS", "rate_limit_brands", _rate, "60/60"),
-    ("WARDROBE_METRICS_TOKEN", "metrics_token", _str, ""),
-    ("WARDROBE_WORKER_METRICS_BIND", "worker_metrics_bind", _str, ""),
-    ("WARDROBE_SENTRY_DSN", "sentry_dsn", _str, ""),
-    ("WARDROBE_SENTRY_ENVIRONMENT", "sentry_environment", _str, "development"),
-    ("WARDROBE_PROFILE_HZ", "profile_hz", _int(0, 1000), "100"),
-    ("WARDROBE_PROFILE_KEEP_MINUTES", "profile_keep_minutes", _float(1), "15"),
-    ("WARDROBE_PROFILE_CLOCK", "profile_clock", _choice("native", "thread"), "native"),
-    ("WARDROBE_PYROSCOPE_URL", "pyroscope_url", _url, ""),
-    ("WARDROBE_LOG_LEVEL", "log_level", _str, "INFO"),
-    ("GUNICORN_WORKERS", "gunicorn_workers", _int(1, 256), str(os.cpu_count() or 1)),
-    ("GUNICORN_WORKER_CONNECTIONS", "gunicorn_worker_connections", _int(1, 100_000), "2000"),
-]
+_SETTING = "wardrobe.setting"  # the field metadata key
 
 
+class _Setting(NamedTuple):
+    variable: str
+    parse: Callable[[str], Any]
+    default: str  # as the environment would spell it, so the README can show it and it goes through `parse`
+
+
+def setting(variable: str, parse: Callable[[str], Any], default: str) -> Any:
+    """A `Config` field read from `variable`: the field is the setting's only declaration, so nothing can drift.
+
+    No dataclass default: one parsed at import would resolve paths against whatever the cwd was then and
+    skip the bot token fallback, so a `Config` comes from `from_env` (or a full set of values).
+    """
+    return dataclasses.field(metadata={_SETTING: _Setting(variable, parse, default)})
+
+
+# `setting()` returns a `dataclasses.field`, which ruff cannot see through, so it takes the Path fields for
+# mutable defaults evaluated once.
+# ruff: noqa: RUF009
 @dataclasses.dataclass(frozen=True)
 class Config:
-    bind: str
-    data_dir: Path
-    database_url: str
-    db_pool_size: int
-    db_pool_overflow: int
-    db_acquire_timeout: float
-    db_connect_timeout: float
-    db_statement_timeout_ms: int
-    db_idle_tx_timeout_ms: int
-    telegram_bot_token: str
-    init_data_max_age: int
-    max_upload_bytes: int
-    max_image_pixels: int
-    image_threads: int
-    redis_url: str
-    redis_pool_size: int
-    redis_timeout: float
-    memcached_servers: tuple[str, ...]
-    memcached_timeout: float
-    memcached_pool_size: int
-    cache_local_ttl: float
-    capsule_ttl: int
-    openai_api_keys: tuple[str, ...]
-    openai_base_url: str
-    openai_model: str
-    openai_rpm: int
-    openai_tpm: int
-    openai_timeout: float
-    openai_connect_timeout: float
-    openai_max_wait: float
-    openai_headroom: float
-    openai_window: float
-    rembg_model: str
-    u2net_home: Path
-    image_max_side: int
-    image_workers: int
-    onnx_threads: int  # per images process; 0: the box's cores shared out among the processes
-    cutout_precision: (
-        str  # auto: bf16 where the CPU does it natively, else f32, both on OpenVINO; f32: onnxruntime
-    )
-    image_worker_max_tasks: int
-    image_catchup_seconds: float  # a niced images worker runs at nice 0 while cutouts wait longer; 0: never
-    ai_workers: int
-    job_max_attempts: int
-    job_lease_seconds: int
-    reaper_interval: float
-    reaper_grace: float
-    brand_api_url: str
-    brand_api_timeout: float
-    brand_api_concurrency: int
-    rate_limit_upload: tuple[int, int]
-    rate_limit_capsule: tuple[int, int]
-    rate_limit_brands: tuple[int, int]
-    metrics_token: str
-    worker_metrics_bind: str
-    sentry_dsn: str
-    sentry_environment: str
-    profile_hz: int
-    profile_keep_minutes: float
-    profile_clock: str
-    pyroscope_url: str
-    log_level: str
-    gunicorn_workers: int
-    gunicorn_worker_connections: int
+    bind: str = setting("WARDROBE_BIND", _bind, "127.0.0.1:8000")
+    data_dir: Path = setting("WARDROBE_DATA_DIR", _path, "var")
+    database_url: str = setting("WARDROBE_DATABASE_URL", _str, "postgresql:///wardrobe")
+    db_pool_size: int = setting("WARDROBE_DB_POOL_SIZE", _int(1, 1000), "20")
+    db_pool_overflow: int = setting("WARDROBE_DB_POOL_OVERFLOW", _int(0, 1000), "10")
+    db_acquire_timeout: float = setting("WARDROBE_DB_ACQUIRE_TIMEOUT", _float(0.01), "2.0")
+    db_connect_timeout: float = setting("WARDROBE_DB_CONNECT_TIMEOUT", _float(0.1), "3.0")
+    db_statement_timeout_ms: int = setting("WARDROBE_DB_STATEMENT_TIMEOUT_MS", _int(1), "5000")
+    db_idle_tx_timeout_ms: int = setting("WARDROBE_DB_IDLE_TX_TIMEOUT_MS", _int(1), "10000")
+    telegram_bot_token: str = setting("WARDROBE_TELEGRAM_BOT_TOKEN", _str, "")
+    init_data_max_age: int = setting("WARDROBE_INIT_DATA_MAX_AGE", _int(0), "86400")
+    max_upload_bytes: int = setting("WARDROBE_MAX_UPLOAD_BYTES", _int(1024), str(10 * 1024 * 1024))
+    max_image_pixels: int = setting("WARDROBE_MAX_IMAGE_PIXELS", _int(1), str(40_000_000))
+    image_threads: int = setting("WARDROBE_IMAGE_THREADS", _int(1, 64), "2")
+    redis_url: str = setting("WARDROBE_REDIS_URL", _url, "redis://127.0.0.1:6379/0")
+    redis_pool_size: int = setting("WARDROBE_REDIS_POOL_SIZE", _int(1, 10000), "50")
+    redis_timeout: float = setting("WARDROBE_REDIS_TIMEOUT", _float(0.01), "0.5")
+    memcached_servers: tuple[str, ...] = setting("WARDROBE_MEMCACHED_SERVERS", _list, "127.0.0.1:11211")
+    memcached_timeout: float = setting("WARDROBE_MEMCACHED_TIMEOUT", _float(0.01), "0.2")
+    memcached_pool_size: int = setting("WARDROBE_MEMCACHED_POOL_SIZE", _int(1, 10000), "32")
+    cache_local_ttl: float = setting("WARDROBE_CACHE_LOCAL_TTL", _float(0.0), "2.0")
+    capsule_ttl: int = setting("WARDROBE_CAPSULE_TTL", _int(1), "86400")
+    openai_api_keys: tuple[str, ...] = setting("WARDROBE_OPENAI_API_KEYS", _list, "")
+    openai_base_url: str = setting("WARDROBE_OPENAI_BASE_URL", _url, "https://api.openai.com/v1")
+    openai_model: str = setting("WARDROBE_OPENAI_MODEL", _str, "gpt-4o-mini")
+    openai_rpm: int = setting("WARDROBE_OPENAI_RPM", _int(1), "500")
+    openai_tpm: int = setting("WARDROBE_OPENAI_TPM", _int(1), "200000")
+    openai_timeout: float = setting("WARDROBE_OPENAI_TIMEOUT", _float(0.1), "30")
+    openai_connect_timeout: float = setting("WARDROBE_OPENAI_CONNECT_TIMEOUT", _float(0.1), "5")
+    openai_max_wait: float = setting("WARDROBE_OPENAI_MAX_WAIT", _float(0.0), "10")
+    openai_headroom: float = setting("WARDROBE_OPENAI_HEADROOM", _float(0.0), "0.1")
+    openai_window: float = setting("WARDROBE_OPENAI_WINDOW", _float(0.1), "60")
+    rembg_model: str = setting("WARDROBE_REMBG_MODEL", _str, "u2netp")
+    u2net_home: Path = setting("WARDROBE_U2NET_HOME", _path, "var/models")
+    image_max_side: int = setting("WARDROBE_IMAGE_MAX_SIDE", _int(64, 8192), "1024")
+    image_workers: int = setting("WARDROBE_IMAGE_WORKERS", _int(1, 64), "1")
+    # per images process; 0: the box's cores shared out among the processes
+    onnx_threads: int = setting("WARDROBE_ONNX_THREADS", _int(0, 64), "0")
+    # auto: bf16 where the CPU does it natively, else f32, both on OpenVINO; f32: onnxruntime
+    cutout_precision: str = setting("WARDROBE_CUTOUT_PRECISION", _choice("auto", "bf16", "f32"), "auto")
+    image_worker_max_tasks: int = setting("WARDROBE_IMAGE_WORKER_MAX_TASKS", _int(1), "200")
+    # a niced images worker runs at nice 0 while cutouts wait longer; 0: never
+    image_catchup_seconds: float = setting("WARDROBE_IMAGE_CATCHUP_SECONDS", _float(0), "10")
+    ai_workers: int = setting("WARDROBE_AI_WORKERS", _int(1, 1000), "32")
+    job_max_attempts: int = setting("WARDROBE_JOB_MAX_ATTEMPTS", _int(1, 100), "5")
+    job_lease_seconds: int = setting("WARDROBE_JOB_LEASE_SECONDS", _int(5), "300")
+    reaper_interval: float = setting("WARDROBE_REAPER_INTERVAL", _float(0.5), "15")
+    reaper_grace: float = setting("WARDROBE_REAPER_GRACE", _float(0.0), "10")
+    brand_api_url: str = setting("WARDROBE_BRAND_API_URL", _url, "")
+    brand_api_timeout: float = setting("WARDROBE_BRAND_API_TIMEOUT", _float(0.05), "0.8")
+    brand_api_concurrency: int = setting("WARDROBE_BRAND_API_CONCURRENCY", _int(1, 1000), "10")
+    rate_limit_upload: tuple[int, int] = setting("WARDROBE_RATE_LIMIT_UPLOAD", _rate, "30/60")
+    rate_limit_capsule: tuple[int, int] = setting("WARDROBE_RATE_LIMIT_CAPSULE", _rate, "10/60")
+    rate_limit_brands: tuple[int, int] = setting("WARDROBE_RATE_LIMIT_BRANDS", _rate, "60/60")
+    metrics_token: str = setting("WARDROBE_METRICS_TOKEN", _str, "")
+    worker_metrics_bind: str = setting("WARDROBE_WORKER_METRICS_BIND", _str, "")
+    sentry_dsn: str = setting("WARDROBE_SENTRY_DSN", _str, "")
+    sentry_environment: str = setting("WARDROBE_SENTRY_ENVIRONMENT", _str, "development")
+    profile_hz: int = setting("WARDROBE_PROFILE_HZ", _int(0, 1000), "100")
+    profile_keep_minutes: float = setting("WARDROBE_PROFILE_KEEP_MINUTES", _float(1), "15")
+    profile_clock: str = setting("WARDROBE_PROFILE_CLOCK", _choice("native", "thread"), "native")
+    pyroscope_url: str = setting("WARDROBE_PYROSCOPE_URL", _url, "")
+    log_level: str = setting("WARDROBE_LOG_LEVEL", _str, "INFO")
+    gunicorn_workers: int = setting("GUNICORN_WORKERS", _int(1, 256), str(os.cpu_count() or 1))
+    gunicorn_worker_connections: int = setting("GUNICORN_WORKER_CONNECTIONS", _int(1, 100_000), "2000")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for name, field, parse, default in _SETTINGS:
+        for field in dataclasses.fields(cls):
+            name, parse, default = field.metadata[_SETTING]
             raw = environ.get(name)
             # A blank value means "the default", except for lists, where it means "none" (e.g. no memcached).
             if raw is None or (raw.strip() == "" and parse is not _list):
                 raw = default
             try:
-                values[field] = parse(raw)
+                values[field.name] = parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
         values.update(overrides)
@@ -283,4 +241,5 @@ class Config:
 
 def documented_settings() -> list[tuple[str, str]]:
     """(variable, default) pairs, for the README's configuration table and its test."""
-    return [(name, default) for name, _field, _parse, default in _SETTINGS]
+    specs = (field.metadata[_SETTING] for field in dataclasses.fields(Config))
+    return [(spec.variable, spec.default) for spec in specs]

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 import gevent
 import requests
 import urllib3
-from gevent import monkey
 
 from wardrobe.clients.cache import MISSING, Cache, NullCache
+from wardrobe.green import gevent_active
 
 MIN_QUERY_CHARS = 2
 MAX_QUERY_CHARS = 64
@@ -230,10 +230,6 @@ def _start_thread(target: Callable[..., None], *args: Any) -> None:
     threading.Thread(target=target, args=args, daemon=True).start()
 
 
-def _gevent_active() -> bool:
-    return monkey.is_module_patched("socket")
-
-
 def _validated_names(body: bytes) -> list[str]:
     try:
         doc = json.loads(body.decode("utf-8"))
@@ -386,7 +382,7 @@ class HttpBrandClient:
             raise _Rejected("circuit open", retry_after=self.breaker.retry_after())
         deadline = time.monotonic() + self._timeout
         try:
-            if _gevent_active():
+            if gevent_active():
                 names = self._fetch_with_gevent_timeout(query, deadline)
             else:
                 names = self._fetch_in_thread(query, deadline)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from wardrobe.green import gevent_active
+
 
 class ThreadOffload:
     def __init__(self, threads: int) -> None:
@@ -12,9 +14,7 @@ class ThreadOffload:
         self._pool: Any = None
 
     def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
-        from gevent import monkey
-
-        if not monkey.is_module_patched("socket"):
+        if not gevent_active():
             return fn(*args)  # plain WSGI server or tests: nothing to protect
         if self._pool is None:
             from gevent.threadpool import ThreadPool

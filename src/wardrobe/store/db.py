@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import psycopg2
 import psycopg2.extensions
 
+from wardrobe.green import gevent_active
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -62,14 +64,6 @@ class PoolTimeout(Exception):
 
 class DatabaseUnavailable(Exception):
     """Postgres cannot be reached right now."""
-
-
-def _gevent_active() -> bool:
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return False
-    return monkey.is_module_patched("socket")
 
 
 class Pool:
@@ -117,7 +111,7 @@ class Pool:
             "application_name": self._application_name,
         }
         try:
-            if _gevent_active():
+            if gevent_active():
                 # libpq's connect_timeout is ignored in green mode (psycogreen#2): bound it ourselves.
                 import gevent
 
