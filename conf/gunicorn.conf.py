@@ -1,6 +1,11 @@
 """Gunicorn settings for the Wardrobe API: gevent workers, no preload, everything opened after the patch.
 
-Settings come from wardrobe.config (the only reader of the environment); see PITFALLS.md for the why of each hook.
+Settings come from wardrobe.config (the only reader of the environment). Why the hooks are where they are:
+- no `preload_app`: the app would be imported before gevent patches sockets in the worker;
+- pools, clients, Sentry and the profiler open in `post_worker_init` (after the patch), not in `post_fork`;
+- `timeout` is only a heartbeat for gevent workers and bounds no request: deadlines are the app's own;
+- `keepalive` stays above nginx's upstream `keepalive_timeout`, or reused connections race into 502s;
+- prometheus_client's multiprocess directory is wiped at start and each dead worker is marked (`child_exit`).
 """
 
 import logging

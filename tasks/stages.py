@@ -14,10 +14,10 @@ from typing import Any
 from tasks.analysis import outfits
 from tasks.analysis.ai import ItemAnalyzer, PermanentAIError, RateLimited, TransientAIError
 from wardrobe.clients.images import ImageError, ImageStore
-from wardrobe.store import capsules, items
-from wardrobe.store.db import Pool
+from wardrobe.store.capsules import Capsules
+from wardrobe.store.items import Items
 from wardrobe.store.jobs import JobLedger
-from wardrobe.store.users import bump_version
+from wardrobe.store.users import Users
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ def backoff(
 
 @dataclass
 class StageRunner:
-    pool: Pool
+    items: Items
+    capsules: Capsules
+    users: Users
     store: ImageStore
     ledger: JobLedger
     send: Callable[..., Any]  # Dispatcher.send
@@ -58,7 +60,7 @@ class StageRunner:
         return self._run(job_id, "capsule", self._capsule)
 
     def _cutout(self, job: dict[str, Any]) -> dict[str, Any] | None:
-        item = self.pool.run(lambda cur: items.for_job(cur, job["item_id"]), transaction=False)
+        item = self.items.for_job(job["item_id"])
         if item is None:
             raise PermanentError("the item was deleted")
         if not item["cutout_key"]:
@@ -73,18 +75,12 @@ class StageRunner:
             key = self.store.put(png, "png")  # content-addressed: a rerun writes the same file
         else:
             key = item["cutout_key"]  # a rerun after a crash: the cutout is already there
-
-        def commit(cur: Any) -> None:
-            items.set_cutout(cur, item["id"], key)
-            self.ledger.advance(cur, job["id"], "analyze")
-            bump_version(cur, item["user_id"])
-
-        self.pool.run(commit)
+        self.items.cutout_done(item, job["id"], key)
         self.send([{"id": job["id"], "stage": "analyze"}])
         return None  # not finished: the analysis stage completes the job
 
     def _analyze(self, job: dict[str, Any]) -> dict[str, Any] | None:
-        item = self.pool.run(lambda cur: items.for_job(cur, job["item_id"]), transaction=False)
+        item = self.items.for_job(job["item_id"])
         if item is None:
             raise PermanentError("the item was deleted")
         try:
@@ -93,27 +89,16 @@ class StageRunner:
             raise PermanentError("the cutout is missing from storage") from None
         attributes = self.analyzer.analyze_item(cutout)
         result = {"item_id": str(item["id"]), "source": attributes.get("source")}
-
-        def commit(cur: Any) -> None:
-            items.apply_analysis(cur, item["id"], attributes)
-            self.ledger.succeed(cur, job["id"], result)
-            bump_version(cur, item["user_id"])
-
-        self.pool.run(commit)
+        self.items.analysis_done(item, job["id"], attributes, result)
         return result
 
     def _capsule(self, job: dict[str, Any]) -> dict[str, Any] | None:
-        def load(cur: Any) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
-            capsule = capsules.for_job(cur, job["capsule_id"])
-            if capsule is None:
-                return None, [], {}
-            cur.execute("SELECT profile, wardrobe_version FROM users WHERE id = %s", (capsule["user_id"],))
-            user = cur.fetchone()
-            return capsule, items.wardrobe_for_capsules(cur, capsule["user_id"]), user
-
-        capsule, wardrobe, user = self.pool.run(load, transaction=False)
+        capsule = self.capsules.for_job(job["capsule_id"])
         if capsule is None:
             raise PermanentError("the capsule was deleted")
+        # The version first: items that change meanwhile make the capsule older than them, never newer.
+        user = self.users.capsule_context(capsule["user_id"])
+        wardrobe = self.items.ready_for_capsules(capsule["user_id"])
         request = {"occasion": capsule["occasion"], "season": capsule["season"], "size": capsule["size"]}
         proposed = outfits.candidates(
             wardrobe,
@@ -142,23 +127,16 @@ class StageRunner:
         source = chosen[0].get("source") or self.analyzer.source
         label = (capsule["occasion"] or "everyday").capitalize()
         season = f" · {capsule['season']}" if capsule["season"] else ""
-
-        def commit(cur: Any) -> None:
-            capsules.complete(
-                cur,
-                capsule["id"],
-                name=f"{label} capsule{season}",
-                description=f"{len(outfit_rows)} outfits from your wardrobe.",
-                outfits=outfit_rows,
-                source=source,
-                version=user["wardrobe_version"],
-            )
-            self.ledger.succeed(
-                cur, job["id"], {"capsule_id": str(capsule["id"]), "outfits": len(outfit_rows)}
-            )
-            bump_version(cur, capsule["user_id"])
-
-        self.pool.run(commit)
+        self.capsules.complete(
+            capsule,
+            job["id"],
+            name=f"{label} capsule{season}",
+            description=f"{len(outfit_rows)} outfits from your wardrobe.",
+            outfits=outfit_rows,
+            source=source,
+            version=user["wardrobe_version"],
+            result={"capsule_id": str(capsule["id"]), "outfits": len(outfit_rows)},
+        )
         return {"capsule_id": str(capsule["id"])}
 
     # --- the common frame: lease, outcome, retries ------------------------------------------------------------
@@ -188,9 +166,8 @@ class StageRunner:
             )
             outcome = "failed"
         except (
-            TransientAIError,
-            Exception,
-        ) as exc:  # any other failure is retried, a bounded number of times
+            Exception
+        ) as exc:  # any other failure (TransientAIError too) is retried, a bounded number of times
             log.warning(
                 "job %s (%s, request %s) attempt %s failed: %s",
                 job_id,
@@ -218,12 +195,4 @@ class StageRunner:
         self.send([job], delay=delay)
 
     def _fail(self, job: dict[str, Any], error: str) -> None:
-        def commit(cur: Any) -> None:
-            self.ledger.fail(cur, job["id"], error)
-            if job["item_id"]:
-                items.mark_failed(cur, job["item_id"])
-            if job["capsule_id"]:
-                capsules.mark_failed(cur, job["capsule_id"])
-            bump_version(cur, job["user_id"])
-
-        self.pool.run(commit)
+        (self.items if job["item_id"] else self.capsules).job_failed(job, error)

@@ -22,8 +22,11 @@ def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], pr
 
     def build(queue: str) -> StageRunner:
         from wardrobe.clients.images import ImageStore
+        from wardrobe.store.capsules import Capsules
         from wardrobe.store.db import Pool
+        from wardrobe.store.items import Items
         from wardrobe.store.jobs import JobLedger
+        from wardrobe.store.users import Users
 
         pool = Pool(
             config.database_url,
@@ -40,7 +43,9 @@ def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], pr
         _start_profiler(config, queue)
         ledger = JobLedger(pool)
         runner = StageRunner(
-            pool=pool,
+            items=Items(pool, max_attempts=config.job_max_attempts),
+            capsules=Capsules(pool, max_attempts=config.job_max_attempts),
+            users=Users(pool),
             store=ImageStore(config.images_dir),
             ledger=ledger,
             send=Dispatcher(tasks, ledger, on_error=observability.dependency_error).send,

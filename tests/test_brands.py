@@ -328,8 +328,8 @@ GEVENT_SCRIPT = """
 from gevent import monkey
 monkey.patch_all()
 import json, sys, time
-from wardrobe.brands import CatalogueBrands, HttpBrandClient
-from wardrobe.cache import NullCache
+from wardrobe.clients.brands import CatalogueBrands, HttpBrandClient
+from wardrobe.clients.cache import NullCache
 client = HttpBrandClient(sys.argv[1], cache=NullCache(), fallback=CatalogueBrands(), timeout=float(sys.argv[2]))
 started = time.monotonic()
 answer = client.search("nike")

@@ -119,7 +119,7 @@ WORKER_SCRIPT = textwrap.dedent(
     import falcon
     import falcon.testing
 
-    from wardrobe import metrics
+    from wardrobe.ops import metrics
 
     requests_to_make, queue_length = int(sys.argv[1]), float(sys.argv[2])
     metrics.ensure_multiprocess_mode(os.environ["PROMETHEUS_MULTIPROC_DIR"])
@@ -244,7 +244,7 @@ CONSUMER_SCRIPT = textwrap.dedent(
     import os
     import sys
 
-    from wardrobe import metrics
+    from wardrobe.ops import metrics
 
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     metrics.ensure_multiprocess_mode(directory)

@@ -105,7 +105,9 @@ def test_a_failing_priority_hook_never_costs_the_job(caplog):
     def broken_hook(job):
         raise ValueError("naive datetime")
 
-    runner = StageRunner(pool=None, store=None, ledger=Ledger(), send=None, on_claim=broken_hook)
+    runner = StageRunner(
+        items=None, capsules=None, users=None, store=None, ledger=Ledger(), send=None, on_claim=broken_hook
+    )
     ran = []
     assert runner._run("j1", "cutout", lambda job: ran.append(job["id"]) or {"done": True}) == "succeeded"
     assert ran == ["j1"] and "on_claim hook failed" in caplog.text

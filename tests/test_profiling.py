@@ -309,7 +309,7 @@ def test_a_failing_native_tick_never_raises_into_the_interrupted_code(caplog) ->
 _EXIT_WITH_PROFILER_RUNNING = """
 import logging, time
 logging.basicConfig(level=logging.INFO)
-from wardrobe.profiling.sampler import Profiler
+from wardrobe.ops.profiling.sampler import Profiler
 Profiler(hz=200).start()
 end = time.monotonic() + 0.3
 while time.monotonic() < end:
@@ -585,7 +585,7 @@ SERVER_SCRIPT = textwrap.dedent(
     import gevent
     from gevent.pywsgi import WSGIServer
 
-    from wardrobe.profiling import (
+    from wardrobe.ops.profiling import (
         FlamegraphResource, PprofResource, Profiler, ProfilingMiddleware, PyroscopePusher, os_threads
     )
 

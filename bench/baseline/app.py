@@ -30,11 +30,12 @@ from tasks.analysis.outfits import candidates
 from wardrobe.clients.brands import CatalogueBrands, InvalidQuery
 from wardrobe.clients.images import ImageError, ImageStore, downscale, normalize
 from wardrobe.store import pagination
+from wardrobe.store import parse_uuid as parse_id
 from wardrobe.store.capsules import CAPSULE_COLUMNS
 from wardrobe.store.capsules import serialize as serialize_capsule
-from wardrobe.store.items import EDITABLE, ITEM_COLUMNS, wardrobe_for_capsules
+from wardrobe.store.items import EDITABLE, ITEM_COLUMNS
 from wardrobe.store.items import serialize as serialize_item
-from wardrobe.store.jobs import JOB_COLUMNS, parse_id
+from wardrobe.store.jobs import JOB_COLUMNS
 from wardrobe.store.jobs import serialize as serialize_job
 from wardrobe.web import schemas
 from wardrobe.web.auth import AuthError, InitDataValidator
@@ -319,7 +320,16 @@ def create_app(settings: Settings) -> Flask:
     @app.post("/api/v1/capsules")
     def request_capsule():
         body = request.get_json(silent=True) or {}
-        wardrobe = res.run(lambda cur: wardrobe_for_capsules(cur, g.user_id))
+        wardrobe = res.run(
+            lambda cur: (
+                cur.execute(
+                    f"SELECT {ITEM_COLUMNS} FROM items WHERE user_id = %s AND status = 'ready' "
+                    "AND category IS NOT NULL ORDER BY created_at DESC, id DESC LIMIT 500",
+                    (g.user_id,),
+                )
+                or cur.fetchall()
+            )
+        )
         proposed = candidates(wardrobe, occasion=body.get("occasion"), season=body.get("season"), limit=9)
         outfits = _choose(res.openai(), settings.openai_model, proposed)
 

@@ -50,7 +50,7 @@ from wardrobe.web.resources.images import ImageFiles
 from wardrobe.web.resources.items import Item, ItemCollection
 from wardrobe.web.resources.jobs import Job
 from wardrobe.web.resources.me import Me
-from wardrobe.web.throttle import RateLimits
+from wardrobe.web.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def create_app(
     reads = WardrobeReads(
         services.users, services.items, services.capsules, services.cache, config.capsule_ttl
     )
-    limit = RateLimits(services.limiter)
+    limit = Throttle(services.limiter)
     guard = observability.OperatorGuard(config.metrics_token)
 
     app.add_route("/healthz", Health())

@@ -6,7 +6,7 @@ from gunicorn.glogging import Logger
 
 
 class AppWritesAccessLog(Logger):
-    """The app writes one JSON access line per request (wardrobe.middleware.RequestId).
+    """The app writes one JSON access line per request (wardrobe.web.middleware.RequestId).
 
     Gunicorn enables its own access log whenever a logging config is given, and would then format an Apache
     line for every request only for the `gunicorn.access` logger to discard it.

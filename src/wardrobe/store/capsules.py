@@ -6,9 +6,8 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from wardrobe.store import items, jobs, pagination
+from wardrobe.store import items, jobs, pagination, parse_uuid, timestamps
 from wardrobe.store.db import Pool
-from wardrobe.store.users import bump_version
 
 CAPSULE_COLUMNS = (
     "id, user_id, state, occasion, season, size, name, description, outfits, source, wardrobe_version, "
@@ -33,8 +32,7 @@ def serialize(row: dict[str, Any], wardrobe: dict[str, dict[str, Any]] | None = 
         "description": row["description"],
         "outfits": outfits,
         "source": row["source"],
-        "created_at": row["created_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
+        **timestamps(row),
     }
 
 
@@ -48,7 +46,7 @@ class Capsules:
     ) -> tuple[dict, dict]:
         """A pending capsule and the job that builds it, in one transaction."""
 
-        def insert(cur: Any) -> tuple[dict, dict]:
+        def insert(cur: Any) -> dict[str, Any]:
             cur.execute(
                 f"""
                 INSERT INTO capsules (user_id, occasion, season, size) VALUES (%s, %s, %s, %s)
@@ -56,20 +54,16 @@ class Capsules:
                 """,
                 (user_id, params.get("occasion"), params.get("season"), params.get("size") or 3),
             )
-            capsule = cur.fetchone()
-            job = jobs.insert(
-                cur,
-                user_id=user_id,
-                kind="build_capsule",
-                stage="capsule",
-                max_attempts=self._max_attempts,
-                capsule_id=capsule["id"],
-                request_id=request_id,
-            )
-            bump_version(cur, user_id)
-            return capsule, job
+            return cur.fetchone()
 
-        return self._pool.run(insert)
+        return jobs.create_with_job(
+            self._pool,
+            jobs.BUILD_CAPSULE,
+            user_id,
+            insert,
+            max_attempts=self._max_attempts,
+            request_id=request_id,
+        )
 
     def list(self, user_id: int, *, limit: int, cursor: str | None = None) -> tuple[list[dict], str | None]:
         after, after_params = pagination.after(cursor)
@@ -86,7 +80,7 @@ class Capsules:
 
     def get(self, user_id: int, capsule_id: str) -> tuple[dict, dict[str, dict]] | None:
         """The capsule and the items its outfits name (those still in the wardrobe)."""
-        capsule_id = jobs.parse_id(capsule_id)
+        capsule_id = parse_uuid(capsule_id)
         if capsule_id is None:
             return None
 
@@ -107,26 +101,47 @@ class Capsules:
 
         return self._pool.run(select, transaction=False)
 
+    # --- what the workers record ---------------------------------------------------------------------------
 
-def for_job(cur: Any, capsule_id: Any) -> dict[str, Any] | None:
-    cur.execute(f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = %s", (capsule_id,))
-    return cur.fetchone()
+    def for_job(self, capsule_id: Any) -> dict[str, Any] | None:
+        def select(cur: Any) -> Any:
+            cur.execute(f"SELECT {CAPSULE_COLUMNS} FROM capsules WHERE id = %s", (capsule_id,))
+            return cur.fetchone()
 
+        return self._pool.run(select, transaction=False)
 
-def complete(
-    cur: Any, capsule_id: Any, *, name: str, description: str, outfits: list, source: str, version: int
-) -> None:
-    cur.execute(
-        """
-        UPDATE capsules SET state = 'ready', name = %s, description = %s, outfits = %s, source = %s,
-                            wardrobe_version = %s, updated_at = clock_timestamp()
-         WHERE id = %s
-        """,
-        (name, description, Json(outfits), source, version, capsule_id),
-    )
+    def complete(
+        self,
+        capsule: dict[str, Any],
+        job_id: Any,
+        *,
+        name: str,
+        description: str,
+        outfits: list,
+        source: str,
+        version: int,
+        result: dict[str, Any],
+    ) -> None:
+        """The capsule is ready with its outfits, built from the wardrobe at `version`; its job succeeded."""
 
+        jobs.record(
+            self._pool,
+            capsule["user_id"],
+            lambda cur: jobs.succeed(cur, job_id, result),
+            lambda cur: cur.execute(
+                """
+                UPDATE capsules SET state = 'ready', name = %s, description = %s, outfits = %s, source = %s,
+                                    wardrobe_version = %s, updated_at = clock_timestamp()
+                 WHERE id = %s
+                """,
+                (name, description, Json(outfits), source, version, capsule["id"]),
+            ),
+        )
 
-def mark_failed(cur: Any, capsule_id: Any) -> None:
-    cur.execute(
-        "UPDATE capsules SET state = 'failed', updated_at = clock_timestamp() WHERE id = %s", (capsule_id,)
-    )
+    def job_failed(self, job: dict[str, Any], error: str) -> None:
+        jobs.record_failure(
+            self._pool,
+            job,
+            error,
+            "UPDATE capsules SET state = 'failed', updated_at = clock_timestamp() WHERE id = %s",
+        )

@@ -7,9 +7,8 @@ from typing import Any
 from psycopg2.extras import Json
 
 from wardrobe.clients.images import ImageStore
-from wardrobe.store import jobs, pagination
+from wardrobe.store import jobs, pagination, parse_uuid, timestamps, users
 from wardrobe.store.db import Pool
-from wardrobe.store.users import bump_version
 
 ITEM_COLUMNS = (
     "id, user_id, status, category, colors, season, style, pattern, material, formality, brand, notes, "
@@ -35,8 +34,7 @@ def serialize(row: dict[str, Any]) -> dict[str, Any]:
         "source": analysis.get("source"),
         "image_url": ImageStore.url(row["image_key"]),
         "cutout_url": ImageStore.url(row["cutout_key"]),
-        "created_at": row["created_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
+        **timestamps(row),
     }
 
 
@@ -51,7 +49,7 @@ class Items:
         """The item and the job that processes it, in one transaction."""
         user_fields = [k for k, v in fields.items() if v is not None]
 
-        def insert(cur: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        def insert(cur: Any) -> dict[str, Any]:
             cur.execute(
                 f"""
                 INSERT INTO items (user_id, image_key, category, brand, notes, user_fields)
@@ -67,20 +65,16 @@ class Items:
                     user_fields,
                 ),
             )
-            item = cur.fetchone()
-            job = jobs.insert(
-                cur,
-                user_id=user_id,
-                kind="process_item",
-                stage="cutout",
-                max_attempts=self._max_attempts,
-                item_id=item["id"],
-                request_id=request_id,
-            )
-            bump_version(cur, user_id)
-            return item, job
+            return cur.fetchone()
 
-        return self._pool.run(insert)
+        return jobs.create_with_job(
+            self._pool,
+            jobs.PROCESS_ITEM,
+            user_id,
+            insert,
+            max_attempts=self._max_attempts,
+            request_id=request_id,
+        )
 
     def list(
         self,
@@ -110,7 +104,7 @@ class Items:
         return pagination.page(self._pool.run(select, transaction=False), limit)
 
     def get(self, user_id: int, item_id: str) -> dict[str, Any] | None:
-        item_id = jobs.parse_id(item_id)
+        item_id = parse_uuid(item_id)
         if item_id is None:
             return None
 
@@ -123,7 +117,7 @@ class Items:
         return self._pool.run(select, transaction=False)
 
     def update(self, user_id: int, item_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
-        item_id = jobs.parse_id(item_id)
+        item_id = parse_uuid(item_id)
         if item_id is None:
             return None
         fields = [k for k in EDITABLE if k in changes]
@@ -144,70 +138,90 @@ class Items:
             )
             row = cur.fetchone()
             if row:
-                bump_version(cur, user_id)
+                users.bump_version(cur, user_id)
             return row
 
         return self._pool.run(update)
 
     def delete(self, user_id: int, item_id: str) -> bool:
-        item_id = jobs.parse_id(item_id)
+        item_id = parse_uuid(item_id)
         if item_id is None:
             return False
 
         def delete(cur: Any) -> bool:
             cur.execute("DELETE FROM items WHERE id = %s AND user_id = %s", (item_id, user_id))
             if cur.rowcount:
-                bump_version(cur, user_id)
+                users.bump_version(cur, user_id)
             return bool(cur.rowcount)
 
         return self._pool.run(delete)
 
+    # --- what the workers record ---------------------------------------------------------------------------
+
+    def for_job(self, item_id: Any) -> dict[str, Any] | None:
+        def select(cur: Any) -> Any:
+            cur.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = %s", (item_id,))
+            return cur.fetchone()
+
+        return self._pool.run(select, transaction=False)
+
+    def cutout_done(self, item: dict[str, Any], job_id: Any, cutout_key: str) -> None:
+        """The cutout is stored: the item points at it and its job moves on to the analysis."""
+
+        jobs.record(
+            self._pool,
+            item["user_id"],
+            lambda cur: jobs.advance(cur, job_id, "analyze"),
+            lambda cur: cur.execute(
+                "UPDATE items SET cutout_key = %s, updated_at = clock_timestamp() WHERE id = %s",
+                (cutout_key, item["id"]),
+            ),
+        )
+
+    def analysis_done(
+        self, item: dict[str, Any], job_id: Any, attributes: dict[str, Any], result: dict[str, Any]
+    ) -> None:
+        """Fill in what the analysis found, except fields the user set (their word beats the model's); the
+        item is ready and its job succeeded."""
+
+        def fill_in(cur: Any) -> None:
+            cur.execute("SELECT user_fields FROM items WHERE id = %s FOR UPDATE", (item["id"],))
+            row = cur.fetchone()
+            if row is None:
+                return  # deleted meanwhile: nothing to fill in
+            fields = [f for f in ANALYSED if f in attributes and f not in set(row["user_fields"])]
+            sets = "".join(f"{f} = %s, " for f in fields)
+            values = [Json(attributes[f]) if f == "colors" else attributes[f] for f in fields]
+            cur.execute(
+                f"""
+                UPDATE items SET {sets}analysis = %s, status = 'ready', updated_at = clock_timestamp()
+                 WHERE id = %s
+                """,
+                [*values, Json(attributes), item["id"]],
+            )
+
+        jobs.record(self._pool, item["user_id"], lambda cur: jobs.succeed(cur, job_id, result), fill_in)
+
+    def job_failed(self, job: dict[str, Any], error: str) -> None:
+        jobs.record_failure(
+            self._pool,
+            job,
+            error,
+            "UPDATE items SET status = 'failed', updated_at = clock_timestamp() WHERE id = %s",
+        )
+
+    def ready_for_capsules(self, user_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        """The items an outfit can use: analysed, with a category."""
+
+        def select(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(
+                f"SELECT {ITEM_COLUMNS} FROM items WHERE user_id = %s AND status = 'ready' "
+                "AND category IS NOT NULL ORDER BY created_at DESC, id DESC LIMIT %s",
+                (user_id, limit),
+            )
+            return cur.fetchall()
+
+        return self._pool.run(select, transaction=False)
+
 
 ANALYSED = ("category", "colors", "season", "style", "pattern", "material", "formality")
-
-
-def for_job(cur: Any, item_id: Any) -> dict[str, Any] | None:
-    cur.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = %s", (item_id,))
-    return cur.fetchone()
-
-
-def set_cutout(cur: Any, item_id: Any, cutout_key: str) -> None:
-    cur.execute(
-        "UPDATE items SET cutout_key = %s, updated_at = clock_timestamp() WHERE id = %s",
-        (cutout_key, item_id),
-    )
-
-
-def apply_analysis(cur: Any, item_id: Any, attributes: dict[str, Any]) -> dict[str, Any] | None:
-    """Fill in what the analysis found, except fields the user set: their word beats the model's."""
-    cur.execute(f"SELECT {ITEM_COLUMNS} FROM items WHERE id = %s FOR UPDATE", (item_id,))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    keep = set(row["user_fields"])
-    fields = [f for f in ANALYSED if f in attributes and f not in keep]
-    sets = "".join(f"{f} = %s, " for f in fields)
-    values = [Json(attributes[f]) if f == "colors" else attributes[f] for f in fields]
-    cur.execute(
-        f"""
-        UPDATE items SET {sets}analysis = %s, status = 'ready', updated_at = clock_timestamp()
-         WHERE id = %s RETURNING {ITEM_COLUMNS}
-        """,
-        [*values, Json(attributes), item_id],
-    )
-    return cur.fetchone()
-
-
-def mark_failed(cur: Any, item_id: Any) -> None:
-    cur.execute(
-        "UPDATE items SET status = 'failed', updated_at = clock_timestamp() WHERE id = %s", (item_id,)
-    )
-
-
-def wardrobe_for_capsules(cur: Any, user_id: int, limit: int = 500) -> list[dict[str, Any]]:
-    cur.execute(
-        f"SELECT {ITEM_COLUMNS} FROM items WHERE user_id = %s AND status = 'ready' AND category IS NOT NULL "
-        "ORDER BY created_at DESC, id DESC LIMIT %s",
-        (user_id, limit),
-    )
-    return cur.fetchall()

@@ -6,11 +6,13 @@ A job row is committed with the row it works on; handing it to Redis happens aft
 
 from __future__ import annotations
 
-import uuid
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from psycopg2.extras import Json
 
+from wardrobe.store import parse_uuid, timestamps, users
 from wardrobe.store.db import Pool
 
 JOB_COLUMNS = (
@@ -41,6 +43,108 @@ def insert(
     return cur.fetchone()
 
 
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A kind of background work: its first stage, and which row it fills in."""
+
+    name: str
+    first_stage: str
+    target: str  # the jobs column naming the row: item_id or capsule_id
+
+
+PROCESS_ITEM = Kind("process_item", first_stage="cutout", target="item_id")
+BUILD_CAPSULE = Kind("build_capsule", first_stage="capsule", target="capsule_id")
+
+
+def create_with_job(
+    pool: Pool,
+    kind: Kind,
+    user_id: int,
+    create_row: Callable[[Any], dict[str, Any]],
+    *,
+    max_attempts: int,
+    request_id: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A row that background work fills in and its job, in one transaction: `create_row(cur)` inserts the row,
+    the job points at it, and the owner's version moves on. The caller enqueues the job after this returns."""
+
+    def create(cur: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        row = create_row(cur)
+        job = insert(
+            cur,
+            user_id=user_id,
+            kind=kind.name,
+            stage=kind.first_stage,
+            max_attempts=max_attempts,
+            request_id=request_id,
+            **{kind.target: row["id"]},
+        )
+        users.bump_version(cur, user_id)
+        return row, job
+
+    return pool.run(create)
+
+
+def record(pool: Pool, user_id: int, outcome: Callable[[Any], None], effect: Callable[[Any], None]) -> None:
+    """What a claimed run did, in one transaction: the job's `outcome` (advance, succeed, fail), its `effect` on
+    the row it works on, and the owner's version, so every cached read of theirs is renewed."""
+
+    def commit(cur: Any) -> None:
+        outcome(cur)
+        effect(cur)
+        users.bump_version(cur, user_id)
+
+    pool.run(commit)
+
+
+def record_failure(pool: Pool, job: dict[str, Any], error: str, mark_row_failed: str) -> None:
+    """The job failed for good: `mark_row_failed` (SQL taking the row's id) marks what it worked on."""
+    row_id = job["item_id"] or job["capsule_id"]
+    record(
+        pool,
+        job["user_id"],
+        lambda cur: fail(cur, job["id"], error),
+        lambda cur: cur.execute(mark_row_failed, (row_id,)),
+    )
+
+
+# The outcomes of a claimed run, for `record`.
+
+
+def advance(cur: Any, job_id: str, stage: str) -> None:
+    """Hand the job to its next stage."""
+    cur.execute(
+        """
+        UPDATE jobs SET stage = %s, state = 'queued', attempts = 0, locked_until = NULL, enqueued_at = NULL,
+                        error = NULL, run_after = clock_timestamp(), updated_at = clock_timestamp()
+         WHERE id = %s
+        """,
+        (stage, job_id),
+    )
+
+
+def succeed(cur: Any, job_id: str, result: dict[str, Any]) -> None:
+    cur.execute(
+        """
+        UPDATE jobs SET state = 'succeeded', result = %s, error = NULL, locked_until = NULL,
+                        finished_at = clock_timestamp(), updated_at = clock_timestamp()
+         WHERE id = %s
+        """,
+        (Json(result), job_id),
+    )
+
+
+def fail(cur: Any, job_id: str, error: str) -> None:
+    cur.execute(
+        """
+        UPDATE jobs SET state = 'failed', error = %s, locked_until = NULL,
+                        finished_at = clock_timestamp(), updated_at = clock_timestamp()
+         WHERE id = %s
+        """,
+        (error[:500], job_id),
+    )
+
+
 def serialize(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
@@ -52,16 +156,8 @@ def serialize(row: dict[str, Any]) -> dict[str, Any]:
         "result": row["result"],
         "item_id": str(row["item_id"]) if row["item_id"] else None,
         "capsule_id": str(row["capsule_id"]) if row["capsule_id"] else None,
-        "created_at": row["created_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
+        **timestamps(row),
     }
-
-
-def parse_id(raw: str) -> str | None:
-    try:
-        return str(uuid.UUID(raw))
-    except (ValueError, AttributeError, TypeError):
-        return None
 
 
 class Jobs:
@@ -69,7 +165,7 @@ class Jobs:
         self._pool = pool
 
     def get(self, user_id: int, job_id: str) -> dict[str, Any] | None:
-        job_id = parse_id(job_id)
+        job_id = parse_uuid(job_id)
         if job_id is None:
             return None
 
@@ -90,9 +186,6 @@ class Jobs:
             )
 
         self._pool.run(update, transaction=False)
-
-
-__all__ = ["JOB_COLUMNS", "Jobs", "Json", "insert", "parse_id", "serialize"]
 
 
 class JobLedger(Jobs):
@@ -121,40 +214,6 @@ class JobLedger(Jobs):
             return cur.fetchone()
 
         return self._pool.run(update, transaction=False)
-
-    @staticmethod
-    def advance(cur: Any, job_id: str, stage: str) -> None:
-        """Hand the job to its next stage (inside the caller's transaction)."""
-        cur.execute(
-            """
-            UPDATE jobs SET stage = %s, state = 'queued', attempts = 0, locked_until = NULL, enqueued_at = NULL,
-                            error = NULL, run_after = clock_timestamp(), updated_at = clock_timestamp()
-             WHERE id = %s
-            """,
-            (stage, job_id),
-        )
-
-    @staticmethod
-    def succeed(cur: Any, job_id: str, result: dict[str, Any]) -> None:
-        cur.execute(
-            """
-            UPDATE jobs SET state = 'succeeded', result = %s, error = NULL, locked_until = NULL,
-                            finished_at = clock_timestamp(), updated_at = clock_timestamp()
-             WHERE id = %s
-            """,
-            (Json(result), job_id),
-        )
-
-    @staticmethod
-    def fail(cur: Any, job_id: str, error: str) -> None:
-        cur.execute(
-            """
-            UPDATE jobs SET state = 'failed', error = %s, locked_until = NULL,
-                            finished_at = clock_timestamp(), updated_at = clock_timestamp()
-             WHERE id = %s
-            """,
-            (error[:500], job_id),
-        )
 
     def retry_later(self, job_id: str, error: str, delay: float, *, count_attempt: bool = True) -> None:
         """Back to the queue after `delay` seconds; a rate-limit deferral does not use up an attempt."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg2.extras import Json
 
 from wardrobe.store.db import Pool
-from wardrobe.web.auth import TelegramUser
+
+if TYPE_CHECKING:
+    from wardrobe.web.auth import TelegramUser
 
 _PROFILE_FIELDS = ("style", "sizes", "favourite_colors", "gender")
 
@@ -72,6 +74,15 @@ class Users:
 
         row = self._pool.run(select, transaction=False)
         return row["wardrobe_version"] if row else 0
+
+    def capsule_context(self, user_id: int) -> dict[str, Any]:
+        """What a capsule is built from besides the items: the preferences, and the version they belong to."""
+
+        def select(cur: Any) -> Any:
+            cur.execute("SELECT profile, wardrobe_version FROM users WHERE id = %s", (user_id,))
+            return cur.fetchone()
+
+        return self._pool.run(select, transaction=False) or {"profile": {}, "wardrobe_version": 0}
 
     def update_profile(self, user_id: int, changes: dict[str, Any]) -> dict[str, Any]:
         prefs = {k: v for k, v in changes.items() if k in _PROFILE_FIELDS}

@@ -14,6 +14,14 @@ from wardrobe.web import schemas
 AUTH = [{"telegram": []}]
 
 
+# The query both profile endpoints take.
+PROFILE_QUERY = [
+    {"name": "seconds", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    {"name": "type", "in": "query", "schema": {"enum": ["cpu", "wall"]}},
+    {"name": "route", "in": "query", "schema": {"type": "string"}},
+]
+
+
 def _error(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -236,10 +244,8 @@ def paths() -> dict[str, Any]:
                 },
                 auth=False,
                 parameters=[
-                    {"name": "seconds", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                    {"name": "type", "in": "query", "schema": {"enum": ["cpu", "wall"]}},
+                    *PROFILE_QUERY,
                     {"name": "format", "in": "query", "schema": {"enum": ["pprof", "folded"]}},
-                    {"name": "route", "in": "query", "schema": {"type": "string"}},
                 ],
             )
         },
@@ -252,11 +258,7 @@ def paths() -> dict[str, Any]:
                     "403": _error("Not an operator"),
                 },
                 auth=False,
-                parameters=[
-                    {"name": "seconds", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                    {"name": "type", "in": "query", "schema": {"enum": ["cpu", "wall"]}},
-                    {"name": "route", "in": "query", "schema": {"type": "string"}},
-                ],
+                parameters=PROFILE_QUERY,
             )
         },
         "/api/v1/capsules/{capsule_id}": {

@@ -15,9 +15,11 @@ from typing import Any
 import falcon
 
 from wardrobe.clients.cache import MISSING
-from wardrobe.store import capsules, items, pagination
+from wardrobe.store import pagination
 from wardrobe.store.capsules import Capsules
+from wardrobe.store.capsules import serialize as serialize_capsule
 from wardrobe.store.items import Items
+from wardrobe.store.items import serialize as serialize_item
 from wardrobe.store.users import Users
 from wardrobe.web.http_cache import not_modified
 
@@ -33,15 +35,13 @@ def etag_for(version: int, kind: str, params: dict[str, Any]) -> str:
 
 
 class WardrobeReads:
-    def __init__(
-        self, users: Users, items_: Items, capsules_: Capsules, cache: Any, capsule_ttl: int
-    ) -> None:
+    def __init__(self, users: Users, items: Items, capsules: Capsules, cache: Any, capsule_ttl: int) -> None:
         self._users = users
         self._cache = cache
         # kind -> (load rows and next cursor, serialize one row, TTL)
         self._kinds: dict[str, tuple[Callable[..., Any], Callable[[Any], dict], int]] = {
-            "items": (items_.list, items.serialize, ITEM_PAGE_TTL),
-            "capsules": (capsules_.list, capsules.serialize, capsule_ttl),
+            "items": (items.list, serialize_item, ITEM_PAGE_TTL),
+            "capsules": (capsules.list, serialize_capsule, capsule_ttl),
         }
 
     def respond(self, req: falcon.Request, resp: falcon.Response, kind: str, params: dict[str, Any]) -> None:

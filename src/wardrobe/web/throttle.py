@@ -1,4 +1,4 @@
-"""Per-user rate limits on the expensive endpoints: 429 with Retry-After and RateLimit-* headers."""
+"""Throttling the expensive endpoints by the per-user limits in Redis: 429 with Retry-After and RateLimit-* headers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import falcon
 from wardrobe.clients.ratelimit import rate_limit_headers
 
 
-class RateLimits:
+class Throttle:
     def __init__(self, limiter: Any) -> None:
         self._limiter = limiter
 

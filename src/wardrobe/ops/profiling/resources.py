@@ -43,12 +43,14 @@ def _query(req: falcon.Request, profiler: Profiler, default_seconds: int) -> tup
     return profile_type, seconds, route
 
 
-class PprofResource:
-    """GET /debug/pprof/profile?seconds=N&type=cpu|wall[&format=pprof|folded][&route=...]"""
-
+class _ProfileResource:
     def __init__(self, profiler: Profiler, authorize: Authorize) -> None:
         self._profiler = profiler
         self._authorize = authorize
+
+
+class PprofResource(_ProfileResource):
+    """GET /debug/pprof/profile?seconds=N&type=cpu|wall[&format=pprof|folded][&route=...]"""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         _check_access(self._authorize, req)
@@ -69,12 +71,8 @@ class PprofResource:
         resp.data = pprof.encode_gzip(profile)
 
 
-class FlamegraphResource:
+class FlamegraphResource(_ProfileResource):
     """GET /debug/flamegraph?type=cpu|wall&seconds=N&route=..."""
-
-    def __init__(self, profiler: Profiler, authorize: Authorize) -> None:
-        self._profiler = profiler
-        self._authorize = authorize
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         _check_access(self._authorize, req)

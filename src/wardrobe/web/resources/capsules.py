@@ -7,8 +7,9 @@ from typing import Any
 
 import falcon
 
-from wardrobe.store import capsules, jobs
 from wardrobe.store.capsules import Capsules
+from wardrobe.store.capsules import serialize as serialize_capsule
+from wardrobe.store.jobs import serialize as serialize_job
 from wardrobe.web.reads import WardrobeReads
 from wardrobe.web.resources import json_body, page_limit
 from wardrobe.web.schemas import CAPSULE_REQUEST
@@ -17,12 +18,12 @@ from wardrobe.web.schemas import CAPSULE_REQUEST
 class CapsuleCollection:
     def __init__(
         self,
-        capsules_: Capsules,
+        capsules: Capsules,
         after_commit: Callable[[list[dict[str, Any]]], None],
         reads: WardrobeReads,
         limit: Callable[[falcon.Request, falcon.Response, str], None],
     ) -> None:
-        self._capsules = capsules_
+        self._capsules = capsules
         self._after_commit = after_commit
         self._reads = reads
         self._limit = limit
@@ -39,16 +40,16 @@ class CapsuleCollection:
         self._after_commit([job])
         resp.status = falcon.HTTP_202
         resp.location = f"/api/v1/capsules/{capsule['id']}"
-        resp.media = {"capsule": capsules.serialize(capsule), "job": jobs.serialize(job)}
+        resp.media = {"capsule": serialize_capsule(capsule), "job": serialize_job(job)}
 
 
 class Capsule:
-    def __init__(self, capsules_: Capsules) -> None:
-        self._capsules = capsules_
+    def __init__(self, capsules: Capsules) -> None:
+        self._capsules = capsules
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, capsule_id: str) -> None:
         found = self._capsules.get(req.context.user.id, capsule_id)
         if found is None:
             raise falcon.HTTPNotFound(description="No such capsule.")
         row, wardrobe = found
-        resp.media = capsules.serialize(row, wardrobe)
+        resp.media = serialize_capsule(row, wardrobe)

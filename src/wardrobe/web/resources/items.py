@@ -9,8 +9,9 @@ import falcon
 
 from wardrobe.clients import images
 from wardrobe.clients.images import ImageStore
-from wardrobe.store import items, jobs
 from wardrobe.store.items import Items
+from wardrobe.store.items import serialize as serialize_item
+from wardrobe.store.jobs import serialize as serialize_job
 from wardrobe.web.reads import WardrobeReads
 from wardrobe.web.resources import choice_param, json_body, page_limit
 from wardrobe.web.schemas import CATEGORIES, ITEM_PATCH, SEASONS
@@ -22,7 +23,7 @@ CHUNK = 64 * 1024
 class ItemCollection:
     def __init__(
         self,
-        items_: Items,
+        items: Items,
         store: ImageStore,
         *,
         max_upload_bytes: int,
@@ -34,7 +35,7 @@ class ItemCollection:
     ) -> None:
         self._reads = reads
         self._limit = limit
-        self._items = items_
+        self._items = items
         self._store = store
         self._max_bytes = max_upload_bytes
         self._max_pixels = max_image_pixels
@@ -66,7 +67,7 @@ class ItemCollection:
         self._after_commit([job])
         resp.status = falcon.HTTP_202
         resp.location = f"/api/v1/items/{item['id']}"
-        resp.media = {"item": items.serialize(item), "job": jobs.serialize(job)}
+        resp.media = {"item": serialize_item(item), "job": serialize_job(job)}
 
     def _read_form(self, req: falcon.Request) -> tuple[bytes, dict[str, Any]]:
         data = None
@@ -96,15 +97,15 @@ class ItemCollection:
 
 
 class Item:
-    def __init__(self, items_: Items) -> None:
-        self._items = items_
+    def __init__(self, items: Items) -> None:
+        self._items = items
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, item_id: str) -> None:
-        resp.media = items.serialize(self._found(self._items.get(req.context.user.id, item_id)))
+        resp.media = serialize_item(self._found(self._items.get(req.context.user.id, item_id)))
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, item_id: str) -> None:
         changes = json_body(req, ITEM_PATCH)
-        resp.media = items.serialize(self._found(self._items.update(req.context.user.id, item_id, changes)))
+        resp.media = serialize_item(self._found(self._items.update(req.context.user.id, item_id, changes)))
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, item_id: str) -> None:
         if not self._items.delete(req.context.user.id, item_id):

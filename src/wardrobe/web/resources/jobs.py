@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import falcon
 
-from wardrobe.store import jobs
-from wardrobe.store.jobs import Jobs
+from wardrobe.store.jobs import Jobs, serialize
 
 
 class Job:
-    def __init__(self, jobs_: Jobs) -> None:
-        self._jobs = jobs_
+    def __init__(self, jobs: Jobs) -> None:
+        self._jobs = jobs
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         row = self._jobs.get(req.context.user.id, job_id)
         if row is None:
             raise falcon.HTTPNotFound(description="No such job.")
-        resp.media = jobs.serialize(row)
+        resp.media = serialize(row)
         resp.cache_control = ["private", "no-cache"]

@@ -89,7 +89,7 @@ def test_counters_are_shared_and_created_on_first_use(memcached: Memcached) -> N
 
 
 def test_a_write_makes_the_next_read_fresh_on_every_backend(memcached: Memcached, user_row: int) -> None:
-    """The version lives in Postgres and is bumped with the write; caches only key by it (as reads.py does)."""
+    """The version lives in Postgres and is bumped with the write; caches only key by it (as wardrobe.web.reads does)."""
 
     def load_version() -> int:
         with psycopg2.connect(TEST_DSN) as conn, conn.cursor() as cur:
