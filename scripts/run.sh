@@ -31,7 +31,7 @@ start() { "$@" & pids+=($!); }
 if [ -x .venv/bin/wardrobe-worker ]; then
     # One ONNX thread: a second one only pays off on cores the API is not using.
     WARDROBE_ONNX_THREADS=${WARDROBE_ONNX_THREADS:-1} start nice -n 10 wardrobe-worker images
-    start nice -n 5 wardrobe-worker ai --no-periodic
+    start nice -n 5 wardrobe-worker ai
 fi
 start gunicorn -c conf/gunicorn.conf.py
 echo "==> Wardrobe API on http://${WARDROBE_BIND:-127.0.0.1:8000} — try: make token" >&2

@@ -1,7 +1,7 @@
 """`wardrobe-worker images|ai`: a Huey consumer for one queue (imports the queues and the tasks, then runs).
 
 images: process workers (CPU-bound rembg), recycled after N tasks. ai: greenlet workers (IO-bound OpenAI calls).
-The reaper runs beside one consumer per box unless `--no-periodic`.
+The reaper runs beside every consumer unless `--no-periodic` (a Redis lock lets one act at a time).
 """
 
 from __future__ import annotations
@@ -84,13 +84,16 @@ def _start_reaper(config, client, tasks) -> None:
     def run(parent: int) -> None:
         from tasks.reaper import Reaper
         from wardrobe.queue import Dispatcher
+        from wardrobe.store.capsules import Capsules
         from wardrobe.store.db import Pool
+        from wardrobe.store.items import Items
         from wardrobe.store.jobs import JobLedger
 
         pool = Pool(
             config.database_url, size=1, overflow=0, acquire_timeout=30, application_name="wardrobe-reaper"
         )
         ledger = JobLedger(pool)
+        items, capsules = Items(pool), Capsules(pool)
         from wardrobe.ops import observability
 
         Reaper(
@@ -101,6 +104,7 @@ def _start_reaper(config, client, tasks) -> None:
             grace=config.reaper_grace,
             stale=config.job_lease_seconds,
             observe_backlog=observability.queue_backlog,
+            give_up=lambda job, error: (items if job["item_id"] else capsules).job_failed(job, error),
         ).run_forever(parent_pid=parent)
 
     process = multiprocessing.get_context("fork").Process(

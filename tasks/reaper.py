@@ -1,5 +1,7 @@
 """The reaper: resends jobs that Redis never got (it was down at commit), whose lease expired (worker killed,
-box lost), or whose message vanished (Redis restarted empty). Only one reaper acts per interval fleet-wide.
+box lost), or whose message vanished (Redis restarted empty), and fails jobs whose worker died on every attempt.
+
+Every consumer runs one, so losing a box loses no reaper; a Redis lock lets only one act per interval fleet-wide.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ class Reaper:
         grace: float = 10.0,
         stale: float = 300.0,
         observe_backlog: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
+        give_up: Callable[[dict[str, Any], str], bool] = lambda job, error: False,
     ) -> None:
+        """`give_up(job, error)` fails a job and the row it works on (Items/Capsules.job_failed)."""
         self._ledger = ledger
         self._send = send
         self._redis = redis_client
@@ -34,6 +38,7 @@ class Reaper:
         self._grace = grace
         self._stale = stale
         self._observe_backlog = observe_backlog
+        self._give_up = give_up
 
     def sweep(self) -> int:
         """One pass; returns how many jobs were resent (0 when another reaper holds this interval)."""
@@ -45,6 +50,14 @@ class Reaper:
         except Exception as exc:  # noqa: BLE001 - Redis down: nothing can be enqueued anyway
             log.warning("reaper: Redis unavailable (%s); will retry", exc)
             return 0
+        for job in self._ledger.dead():
+            # A poison job (it kills its process: out of memory, a native crash) is not retried forever.
+            error = (
+                f"gave up after {job['attempts']} attempts: the worker running it died "
+                "(killed, out of memory or crashed)"
+            )
+            if self._give_up(job, error):
+                log.warning("reaper: job %s (%s) failed: %s", job["id"], job["stage"], error)
         jobs = self._ledger.unsent(self._grace, self._stale)
         sent = self._send(jobs) if jobs else 0
         if jobs:

@@ -26,6 +26,10 @@ class PermanentError(Exception):
     """Retrying cannot help (corrupt input, missing row); the job fails at once with this message."""
 
 
+class Superseded(Exception):
+    """This run's lease expired and another run claimed the job: what this one did is not recorded."""
+
+
 def backoff(
     attempt: int, base: float = 5.0, cap: float = 300.0, rand: Callable[[], float] = random.random
 ) -> float:
@@ -75,7 +79,8 @@ class StageRunner:
             key = self.store.put(png, "png")  # content-addressed: a rerun writes the same file
         else:
             key = item["cutout_key"]  # a rerun after a crash: the cutout is already there
-        self.items.cutout_done(item, job["id"], key)
+        if not self.items.cutout_done(item, job, key):
+            raise Superseded
         self.send([{"id": job["id"], "stage": "analyze"}])
         return None  # not finished: the analysis stage completes the job
 
@@ -89,7 +94,8 @@ class StageRunner:
             raise PermanentError("the cutout is missing from storage") from None
         attributes = self.analyzer.analyze_item(cutout)
         result = {"item_id": str(item["id"]), "source": attributes.get("source")}
-        self.items.analysis_done(item, job["id"], attributes, result)
+        if not self.items.analysis_done(item, job, attributes, result):
+            raise Superseded
         return result
 
     def _capsule(self, job: dict[str, Any]) -> dict[str, Any] | None:
@@ -127,9 +133,9 @@ class StageRunner:
         source = chosen[0].get("source") or self.analyzer.source
         label = (capsule["occasion"] or "everyday").capitalize()
         season = f" · {capsule['season']}" if capsule["season"] else ""
-        self.capsules.complete(
+        completed = self.capsules.complete(
             capsule,
-            job["id"],
+            job,
             name=f"{label} capsule{season}",
             description=f"{len(outfit_rows)} outfits from your wardrobe.",
             outfits=outfit_rows,
@@ -137,6 +143,8 @@ class StageRunner:
             version=user["wardrobe_version"],
             result={"capsule_id": str(capsule["id"]), "outfits": len(outfit_rows)},
         )
+        if not completed:
+            raise Superseded
         return {"capsule_id": str(capsule["id"])}
 
     # --- the common frame: lease, outcome, retries ------------------------------------------------------------
@@ -155,19 +163,24 @@ class StageRunner:
         try:
             done = work(job)
             outcome = "succeeded" if done is not None else "advanced"
+        except Superseded:
+            outcome = "superseded"
         except RateLimited as exc:
             # Not the job's fault: try again when a key has budget, without using up an attempt.
-            self._retry(job, str(exc), exc.retry_after + random.uniform(0, 1), count_attempt=False)
-            outcome = "deferred"
+            deferred = self._retry(job, str(exc), exc.retry_after + random.uniform(0, 1), count_attempt=False)
+            outcome = "deferred" if deferred else "superseded"
         except (PermanentError, PermanentAIError) as exc:
-            self._fail(job, str(exc))
-            self.report(
-                message=f"{kind} job failed: {exc}", job_id=job_id, kind=kind, request_id=job["request_id"]
-            )
-            outcome = "failed"
-        except (
-            Exception
-        ) as exc:  # any other failure (TransientAIError too) is retried, a bounded number of times
+            if self._fail(job, str(exc)):
+                self.report(
+                    message=f"{kind} job failed: {exc}",
+                    job_id=job_id,
+                    kind=kind,
+                    request_id=job["request_id"],
+                )
+                outcome = "failed"
+            else:
+                outcome = "superseded"
+        except Exception as exc:  # any other failure, TransientAIError too: retried a bounded number of times
             log.warning(
                 "job %s (%s, request %s) attempt %s failed: %s",
                 job_id,
@@ -180,19 +193,26 @@ class StageRunner:
             if not isinstance(exc, TransientAIError):
                 self.report(exc, job_id=job_id, kind=kind, request_id=job["request_id"])
             if job["attempts"] >= job["max_attempts"]:
-                self._fail(job, f"gave up after {job['attempts']} attempts: {exc}")
-                outcome = "failed"
+                failed = self._fail(job, f"gave up after {job['attempts']} attempts: {exc}")
+                outcome = "failed" if failed else "superseded"
             else:
-                self._retry(job, f"attempt {job['attempts']} failed: {exc}", backoff(job["attempts"]))
-                outcome = "retrying"
+                retried = self._retry(
+                    job, f"attempt {job['attempts']} failed: {exc}", backoff(job["attempts"])
+                )
+                outcome = "retrying" if retried else "superseded"
         self.observe(kind, outcome, time.monotonic() - started)
         elapsed = time.monotonic() - started
         log.info("job %s (%s, request %s) %s in %.2fs", job_id, stage, job["request_id"], outcome, elapsed)
         return outcome
 
-    def _retry(self, job: dict[str, Any], error: str, delay: float, *, count_attempt: bool = True) -> None:
-        self.ledger.retry_later(str(job["id"]), error, delay, count_attempt=count_attempt)
+    def _retry(self, job: dict[str, Any], error: str, delay: float, *, count_attempt: bool = True) -> bool:
+        if not self.ledger.retry_later(job, error, delay, count_attempt=count_attempt):
+            log.warning(
+                "job %s (%s): a newer run owns it; this run's retry is dropped", job["id"], job["stage"]
+            )
+            return False
         self.send([job], delay=delay)
+        return True
 
-    def _fail(self, job: dict[str, Any], error: str) -> None:
-        (self.items if job["item_id"] else self.capsules).job_failed(job, error)
+    def _fail(self, job: dict[str, Any], error: str) -> bool:
+        return (self.items if job["item_id"] else self.capsules).job_failed(job, error)

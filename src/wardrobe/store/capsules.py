@@ -113,7 +113,7 @@ class Capsules:
     def complete(
         self,
         capsule: dict[str, Any],
-        job_id: Any,
+        job: dict[str, Any],
         *,
         name: str,
         description: str,
@@ -121,13 +121,13 @@ class Capsules:
         source: str,
         version: int,
         result: dict[str, Any],
-    ) -> None:
+    ) -> bool:
         """The capsule is ready with its outfits, built from the wardrobe at `version`; its job succeeded."""
 
-        jobs.record(
+        return jobs.record(
             self._pool,
-            capsule["user_id"],
-            lambda cur: jobs.succeed(cur, job_id, result),
+            job,
+            lambda cur, job: jobs.succeed(cur, job, result),
             lambda cur: cur.execute(
                 """
                 UPDATE capsules SET state = 'ready', name = %s, description = %s, outfits = %s, source = %s,
@@ -138,8 +138,8 @@ class Capsules:
             ),
         )
 
-    def job_failed(self, job: dict[str, Any], error: str) -> None:
-        jobs.record_failure(
+    def job_failed(self, job: dict[str, Any], error: str) -> bool:
+        return jobs.record_failure(
             self._pool,
             job,
             error,

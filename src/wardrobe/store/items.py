@@ -165,13 +165,13 @@ class Items:
 
         return self._pool.run(select, transaction=False)
 
-    def cutout_done(self, item: dict[str, Any], job_id: Any, cutout_key: str) -> None:
+    def cutout_done(self, item: dict[str, Any], job: dict[str, Any], cutout_key: str) -> bool:
         """The cutout is stored: the item points at it and its job moves on to the analysis."""
 
-        jobs.record(
+        return jobs.record(
             self._pool,
-            item["user_id"],
-            lambda cur: jobs.advance(cur, job_id, "analyze"),
+            job,
+            lambda cur, job: jobs.advance(cur, job, "analyze"),
             lambda cur: cur.execute(
                 "UPDATE items SET cutout_key = %s, updated_at = clock_timestamp() WHERE id = %s",
                 (cutout_key, item["id"]),
@@ -179,8 +179,8 @@ class Items:
         )
 
     def analysis_done(
-        self, item: dict[str, Any], job_id: Any, attributes: dict[str, Any], result: dict[str, Any]
-    ) -> None:
+        self, item: dict[str, Any], job: dict[str, Any], attributes: dict[str, Any], result: dict[str, Any]
+    ) -> bool:
         """Fill in what the analysis found, except fields the user set (their word beats the model's); the
         item is ready and its job succeeded."""
 
@@ -200,10 +200,10 @@ class Items:
                 [*values, Json(attributes), item["id"]],
             )
 
-        jobs.record(self._pool, item["user_id"], lambda cur: jobs.succeed(cur, job_id, result), fill_in)
+        return jobs.record(self._pool, job, lambda cur, job: jobs.succeed(cur, job, result), fill_in)
 
-    def job_failed(self, job: dict[str, Any], error: str) -> None:
-        jobs.record_failure(
+    def job_failed(self, job: dict[str, Any], error: str) -> bool:
+        return jobs.record_failure(
             self._pool,
             job,
             error,

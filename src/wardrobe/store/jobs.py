@@ -7,6 +7,7 @@ A job row is committed with the row it works on; handing it to Redis happens aft
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,9 +16,11 @@ from psycopg2.extras import Json
 from wardrobe.store import parse_uuid, timestamps, users
 from wardrobe.store.db import Pool
 
+log = logging.getLogger(__name__)
+
 JOB_COLUMNS = (
     "id, user_id, kind, stage, state, item_id, capsule_id, attempts, max_attempts, error, result, request_id, "
-    "run_after, enqueued_at, locked_until, created_at, updated_at"
+    "run_after, enqueued_at, locked_until, claim, created_at, updated_at"
 )
 
 
@@ -85,64 +88,83 @@ def create_with_job(
     return pool.run(create)
 
 
-def record(pool: Pool, user_id: int, outcome: Callable[[Any], None], effect: Callable[[Any], None]) -> None:
+def record(
+    pool: Pool,
+    job: dict[str, Any],
+    outcome: Callable[[Any, dict[str, Any]], bool],
+    effect: Callable[[Any], None],
+) -> bool:
     """What a claimed run did, in one transaction: the job's `outcome` (advance, succeed, fail), its `effect` on
-    the row it works on, and the owner's version, so every cached read of theirs is renewed."""
+    the row it works on, and the owner's version, so every cached read of theirs is renewed.
 
-    def commit(cur: Any) -> None:
-        outcome(cur)
+    Fenced by the run's claim: when the lease expired and another run took the job over, the outcome matches no
+    row and nothing is written (returns False) — a late first run never overwrites the newer one's result.
+    """
+
+    def commit(cur: Any) -> bool:
+        if not outcome(cur, job):
+            return False
         effect(cur)
-        users.bump_version(cur, user_id)
+        users.bump_version(cur, job["user_id"])
+        return True
 
-    pool.run(commit)
+    written = pool.run(commit)
+    if not written:
+        log.warning(
+            "job %s (%s): this run's claim was taken over after its lease expired; its result is dropped",
+            job["id"],
+            job["stage"],
+        )
+    return written
 
 
-def record_failure(pool: Pool, job: dict[str, Any], error: str, mark_row_failed: str) -> None:
+def record_failure(pool: Pool, job: dict[str, Any], error: str, mark_row_failed: str) -> bool:
     """The job failed for good: `mark_row_failed` (SQL taking the row's id) marks what it worked on."""
     row_id = job["item_id"] or job["capsule_id"]
-    record(
-        pool,
-        job["user_id"],
-        lambda cur: fail(cur, job["id"], error),
-        lambda cur: cur.execute(mark_row_failed, (row_id,)),
+    return record(
+        pool, job, lambda cur, job: fail(cur, job, error), lambda cur: cur.execute(mark_row_failed, (row_id,))
     )
 
 
-# The outcomes of a claimed run, for `record`.
+# The outcomes of a claimed run, for `record`: each updates the job only while this run's claim holds it.
+_CLAIMED = "WHERE id = %s AND claim = %s AND state = 'running'"
 
 
-def advance(cur: Any, job_id: str, stage: str) -> None:
+def advance(cur: Any, job: dict[str, Any], stage: str) -> bool:
     """Hand the job to its next stage."""
     cur.execute(
-        """
+        f"""
         UPDATE jobs SET stage = %s, state = 'queued', attempts = 0, locked_until = NULL, enqueued_at = NULL,
-                        error = NULL, run_after = clock_timestamp(), updated_at = clock_timestamp()
-         WHERE id = %s
+                        claim = NULL, error = NULL, run_after = clock_timestamp(), updated_at = clock_timestamp()
+         {_CLAIMED}
         """,
-        (stage, job_id),
+        (stage, job["id"], job["claim"]),
     )
+    return cur.rowcount == 1
 
 
-def succeed(cur: Any, job_id: str, result: dict[str, Any]) -> None:
+def succeed(cur: Any, job: dict[str, Any], result: dict[str, Any]) -> bool:
     cur.execute(
-        """
+        f"""
         UPDATE jobs SET state = 'succeeded', result = %s, error = NULL, locked_until = NULL,
                         finished_at = clock_timestamp(), updated_at = clock_timestamp()
-         WHERE id = %s
+         {_CLAIMED}
         """,
-        (Json(result), job_id),
+        (Json(result), job["id"], job["claim"]),
     )
+    return cur.rowcount == 1
 
 
-def fail(cur: Any, job_id: str, error: str) -> None:
+def fail(cur: Any, job: dict[str, Any], error: str) -> bool:
     cur.execute(
-        """
+        f"""
         UPDATE jobs SET state = 'failed', error = %s, locked_until = NULL,
                         finished_at = clock_timestamp(), updated_at = clock_timestamp()
-         WHERE id = %s
+         {_CLAIMED}
         """,
-        (error[:500], job_id),
+        (error[:500], job["id"], job["claim"]),
     )
+    return cur.rowcount == 1
 
 
 def serialize(row: dict[str, Any]) -> dict[str, Any]:
@@ -192,19 +214,21 @@ class JobLedger(Jobs):
     """The workers' side of jobs: claim with a lease, advance, finish, retry, and what the reaper must resend."""
 
     def claim(self, job_id: str, stage: str, lease_seconds: int) -> dict[str, Any] | None:
-        """Take the job if it is ours to run: queued and due, or running with an expired lease.
+        """Take the job if it is ours to run: queued and due, or running with an expired lease and attempts left.
 
-        Returns None for a duplicate delivery, a finished job, or one that moved to another stage.
+        Returns None for a duplicate delivery, a finished job, one that moved to another stage, or one whose
+        worker died on every attempt (the reaper fails it: see `dead`). The returned row carries a new `claim`,
+        the fencing token every write of this run must name.
         """
 
         def update(cur: Any) -> Any:
             cur.execute(
                 f"""
                 UPDATE jobs
-                   SET state = 'running', attempts = attempts + 1,
+                   SET state = 'running', attempts = attempts + 1, claim = gen_random_uuid(),
                        locked_until = clock_timestamp() + make_interval(secs => %s),
                        started_at = COALESCE(started_at, clock_timestamp()), updated_at = clock_timestamp()
-                 WHERE id = %s AND stage = %s
+                 WHERE id = %s AND stage = %s AND attempts < max_attempts
                    AND ((state = 'queued' AND run_after <= clock_timestamp() + interval '1 second')
                         OR (state = 'running' AND locked_until < clock_timestamp()))
              RETURNING {JOB_COLUMNS}
@@ -215,22 +239,28 @@ class JobLedger(Jobs):
 
         return self._pool.run(update, transaction=False)
 
-    def retry_later(self, job_id: str, error: str, delay: float, *, count_attempt: bool = True) -> None:
-        """Back to the queue after `delay` seconds; a rate-limit deferral does not use up an attempt."""
+    def retry_later(
+        self, job: dict[str, Any], error: str, delay: float, *, count_attempt: bool = True
+    ) -> bool:
+        """Back to the queue after `delay` seconds; a rate-limit deferral does not use up an attempt.
 
-        def update(cur: Any) -> None:
+        False when this run's claim was taken over meanwhile: the newer run decides, so nothing is written.
+        """
+
+        def update(cur: Any) -> bool:
             cur.execute(
-                """
-                UPDATE jobs SET state = 'queued', error = %s, locked_until = NULL,
+                f"""
+                UPDATE jobs SET state = 'queued', error = %s, locked_until = NULL, claim = NULL,
                                 attempts = attempts - %s,
                                 run_after = clock_timestamp() + make_interval(secs => %s),
                                 enqueued_at = clock_timestamp(), updated_at = clock_timestamp()
-                 WHERE id = %s AND state = 'running'
+                 {_CLAIMED}
                 """,
-                (error[:500], 0 if count_attempt else 1, delay, job_id),
+                (error[:500], 0 if count_attempt else 1, delay, job["id"], job["claim"]),
             )
+            return cur.rowcount == 1
 
-        self._pool.run(update, transaction=False)
+        return self._pool.run(update, transaction=False)
 
     def unsent(self, grace_seconds: float, stale_seconds: float, limit: int = 500) -> list[dict[str, Any]]:
         """Jobs that need (re)sending to Redis: never enqueued, lease expired, or enqueued long ago and idle."""
@@ -242,7 +272,7 @@ class JobLedger(Jobs):
                  WHERE (state = 'queued' AND run_after <= clock_timestamp()
                         AND created_at < clock_timestamp() - make_interval(secs => %s)
                         AND (enqueued_at IS NULL OR enqueued_at < clock_timestamp() - make_interval(secs => %s)))
-                    OR (state = 'running' AND locked_until < clock_timestamp())
+                    OR (state = 'running' AND locked_until < clock_timestamp() AND attempts < max_attempts)
                  ORDER BY run_after
                  LIMIT %s
                 """,
@@ -252,10 +282,34 @@ class JobLedger(Jobs):
 
         return self._pool.run(select, transaction=False)
 
-    def backlog(self) -> list[dict[str, Any]]:
-        """Per stage: how many jobs wait and how old the oldest is (for metrics)."""
+    def dead(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Running jobs whose lease expired on their last attempt: the worker died (SIGKILL, out of memory, a
+        native crash) every time it ran them. Nothing will claim them again; the reaper fails them."""
 
         def select(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(
+                f"""
+                SELECT {JOB_COLUMNS} FROM jobs
+                 WHERE state = 'running' AND locked_until < clock_timestamp() AND attempts >= max_attempts
+                 ORDER BY locked_until
+                 LIMIT %s
+                """,
+                (limit,),
+            )
+            return cur.fetchall()
+
+        return self._pool.run(select, transaction=False)
+
+    def backlog(self, statement_timeout_ms: int | None = None) -> list[dict[str, Any]]:
+        """Per stage: how many jobs wait and how old the oldest is (for metrics).
+
+        `statement_timeout_ms`: a tighter server-side bound than the pool's, for a caller someone waits on (the
+        API reads this while Prometheus waits for /metrics)."""
+
+        def select(cur: Any) -> list[dict[str, Any]]:
+            if statement_timeout_ms is not None:
+                # LOCAL: the bound ends with this transaction; the pooled connection keeps its own.
+                cur.execute("SET LOCAL statement_timeout = %s", (statement_timeout_ms,))
             cur.execute(
                 """
                 SELECT stage, count(*) AS waiting,
@@ -266,4 +320,4 @@ class JobLedger(Jobs):
             )
             return cur.fetchall()
 
-        return self._pool.run(select, transaction=False)
+        return self._pool.run(select, transaction=statement_timeout_ms is not None)
