@@ -1,11 +1,15 @@
 """Telegram init data: what gets in, what is turned away with 401, and that nothing crashes."""
 
+import re
 import time
 import urllib.parse
 
+import falcon.inspect
+import falcon.testing
 import pytest
 from conftest import BOT_TOKEN, auth_header, make_config
 
+from wardrobe.app import create_app
 from wardrobe.web.auth import AuthError, InitDataValidator, sign_init_data
 
 
@@ -101,3 +105,57 @@ def test_a_remembered_session_still_expires():
         validator.validate(raw)
     with pytest.raises(AuthError):
         validator.validate(raw.replace("hash=", "hash=0"))
+
+
+# Routes anyone may call; /metrics and /debug/* have the operator guard of their own.
+PUBLIC_ROUTES = {
+    "/healthz",
+    "/readyz",
+    "/openapi.json",
+    "/images/{name}",
+    "/metrics",
+    "/debug/pprof/profile",
+    "/debug/flamegraph",
+}
+
+
+@pytest.mark.parametrize(
+    "path", ["//api/v1/me", "///api/v1/me", "//api/v1/me/", "//api/v1/items", "//api/v1/brands"]
+)
+def test_api_routes_reached_through_extra_slashes_still_need_init_data(client, path):
+    resp = client.simulate_get(path, params={"q": "uni"})
+    assert resp.status_code == 401, resp.text
+    assert resp.json["title"] == "Unauthorized"
+
+
+def test_user_data_stays_private_however_its_path_is_spelled(client, user):
+    resp = client.simulate_get("//api/v1/me", headers=user)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["cache-control"] == "private, no-cache"
+    assert resp.headers["vary"] == "Authorization"
+
+
+def test_every_route_needs_init_data_unless_it_is_declared_public(tmp_path):
+    # The profiler on, so the /debug routes are mounted too; a new route is covered without editing this test.
+    app = create_app(make_config(tmp_path, WARDROBE_PROFILE_HZ=100))
+    client = falcon.testing.TestClient(app)
+    routes = falcon.inspect.inspect_routes(app)
+    assert PUBLIC_ROUTES <= {r.path for r in routes}
+    for route in routes:
+        path = re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", route.path)
+        for method in (m.method for m in route.methods if not m.internal):
+            resp = client.simulate_request(method, path)
+            if route.path in PUBLIC_ROUTES:
+                assert resp.status_code != 401, (method, route.path)
+            else:
+                assert resp.status_code == 401, (method, route.path, resp.status_code)
+                assert resp.json["title"] == "Unauthorized"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nope", "//api/v1/nope", "/api/v2/me", "/nope", "/api/v1/./me"])
+def test_unmatched_paths_are_404_json_with_or_without_init_data(client, user, path):
+    for headers in ({}, user):
+        resp = client.simulate_get(path, headers=headers)
+        assert resp.status_code == 404, (path, headers.keys(), resp.status_code)
+        assert resp.headers["content-type"].startswith("application/json")
+        assert resp.json["title"]

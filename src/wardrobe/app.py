@@ -197,6 +197,21 @@ def enqueuer(redis: Any, jobs: Jobs) -> Dispatcher:
     return Dispatcher(queue.register(queue.build(redis)), jobs, on_error=observability.dependency_error)
 
 
+# Route templates anyone may call; every other route needs Telegram init data (a new route is private until it is
+# listed here). /metrics and /debug/* check for an operator themselves.
+PUBLIC_ROUTES = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/images/{name}",
+        "/metrics",
+        "/debug/pprof/profile",
+        "/debug/flamegraph",
+    }
+)
+
+
 def create_app(
     config: Config, services: Services | None = None, dispatcher: Dispatcher | None = None
 ) -> WardrobeApp:
@@ -210,7 +225,7 @@ def create_app(
         middleware.RequestId(),
         metrics.MetricsMiddleware(),
         *([ProfilingMiddleware()] if services.profiler is not None else []),
-        middleware.TelegramAuth(validator, services.users),
+        middleware.TelegramAuth(validator, services.users, public=PUBLIC_ROUTES),
         *([observability.SentryTags()] if config.sentry_dsn else []),
         JsonValidators(),
     ]
@@ -238,7 +253,8 @@ def create_app(
                 "postgres": (services.pool.ping, True),
                 "redis": (services.redis.ping, False),  # uploads still succeed: the reaper enqueues later
                 "memcached": (services.cache_health, False),  # reads fall through to Postgres
-            }
+            },
+            operator=guard,
         ),
     )
     app.add_route("/api/v1/me", Me(services.users))

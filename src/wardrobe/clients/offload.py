@@ -21,4 +21,17 @@ class ThreadOffload:
 
             self._pool = ThreadPool(self._threads)
         # Pillow releases the GIL while decoding/encoding, so this overlaps with request handling.
-        return self._pool.spawn(fn, *args).get()
+        ok, value = self._pool.spawn(_outcome, fn, args).get()
+        if ok:
+            return value
+        raise value
+
+
+def _outcome(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
+    # An exception escaping a pool thread is printed by gevent's hub with its traceback even when the caller
+    # handles it, as for every rejected upload (a 4xx, not a bug). Carried back as a value and raised in the
+    # caller instead, it meets the app's error handlers, which log the bugs.
+    try:
+        return True, fn(*args)
+    except Exception as exc:  # noqa: BLE001 - re-raised by the caller
+        return False, exc

@@ -8,6 +8,7 @@ import falcon
 import psycopg2
 import psycopg2.errors
 
+from wardrobe import jsonio
 from wardrobe.clients.images import ImageError
 from wardrobe.store.db import DatabaseUnavailable, PoolTimeout
 
@@ -65,7 +66,15 @@ def _forgetting_users(forget):
     return handler
 
 
+def _serialize_json(req, resp, exception: falcon.HTTPError) -> None:
+    # Falcon's default negotiates with Accept: XML for `Accept: application/xml`, and no body at all for
+    # `text/html` or `image/*`. The contract is JSON, always.
+    resp.data = jsonio.dumps(exception.to_dict())
+    resp.content_type = falcon.MEDIA_JSON
+
+
 def install(app: falcon.App, forget_user=None) -> None:
+    app.set_error_serializer(_serialize_json)
     # Falcon picks the most specific handler by exception class, so the generic one can go first.
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(PoolTimeout, _pool_timeout)

@@ -19,12 +19,13 @@ def not_modified(req: falcon.Request, resp: falcon.Response, etag: str) -> bool:
 
 class JsonValidators:
     """For every successful GET of JSON: an ETag from the content (unless the resource set a cheaper one),
-    304 on a match, and `private, no-cache` + `Vary: Authorization` for anything behind /api/."""
+    304 on a match, and `private, no-cache` + `Vary: Authorization` for anything answered to a signed-in user."""
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
         if req.method not in ("GET", "HEAD") or not req_succeeded:
             return
-        if req.path.startswith("/api/"):
+        # By who was served, not by how the path was spelled (`//api/v1/me` is the same user's data).
+        if getattr(req.context, "user", None) is not None:
             resp.cache_control = (
                 resp.cache_control if resp.get_header("Cache-Control") else ["private", "no-cache"]
             )

@@ -1,4 +1,4 @@
-"""Request-wide concerns: request ids, the JSON access log, and Telegram authentication for /api/v1."""
+"""Request-wide concerns: request ids, the JSON access log, and Telegram authentication by route."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterable
+from typing import Any
 
 import falcon
 
@@ -14,7 +16,9 @@ from wardrobe.store.users import Users
 from wardrobe.web.auth import AuthError, InitDataValidator
 
 access_log = logging.getLogger("wardrobe.access")
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# The balancer keeps a caller's id by this same rule (the X-Request-ID map in conf/nginx/*.conf and the Ansible
+# template; tests/test_request_ids.py holds them to it), so both logs always name a request alike.
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
 
 class RequestId:
@@ -23,7 +27,7 @@ class RequestId:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
         incoming = req.get_header("X-Request-ID") or ""
-        req.context.request_id = incoming if REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        req.context.request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
         req.context.user = None
         resp.set_header("X-Request-ID", req.context.request_id)
 
@@ -52,15 +56,21 @@ class RequestId:
 
 
 class TelegramAuth:
-    """Every /api/v1 request must carry valid init data; its user row exists after the first sight."""
+    """Every route needs valid init data unless it is named public; its user row exists after the first sight.
 
-    def __init__(self, validator: InitDataValidator, users: Users, prefix: str = "/api/") -> None:
+    Decided on the route Falcon matched, not on the raw path: `//api/v1/me` routes to the same resource as
+    `/api/v1/me`, and must not reach it unauthenticated. A request that matched nothing is left to Falcon's 404.
+    """
+
+    def __init__(self, validator: InitDataValidator, users: Users, public: Iterable[str] = ()) -> None:
         self._validator = validator
         self._users = users
-        self._prefix = prefix
+        self._public = frozenset(public)  # route templates, e.g. "/images/{name}"
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not req.path.startswith(self._prefix) or req.method == "OPTIONS":
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any
+    ) -> None:
+        if resource is None or req.method == "OPTIONS" or req.uri_template in self._public:
             return
         try:
             user = self._validator.authenticate(req.get_header("Authorization"))

@@ -74,8 +74,11 @@ def paths() -> dict[str, Any]:
         "/healthz": {"get": _op("Process is alive", {"200": _json({"type": "object"})}, auth=False)},
         "/readyz": {
             "get": _op(
-                "Dependencies reachable",
-                {"200": _json({"type": "object"}), "503": _error("A required dependency is down")},
+                "Dependencies reachable (each dependency's state for operators only)",
+                {
+                    "200": _json(schemas.READINESS, "Ready, or degraded (an optional dependency is down)"),
+                    "503": _json(schemas.READINESS, "Unready: a required dependency is down"),
+                },
                 auth=False,
             )
         },

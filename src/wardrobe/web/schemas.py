@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import jsonschema
@@ -133,6 +134,19 @@ CAPSULE: dict[str, Any] = {
     "required": ["id", "state"],
 }
 
+READINESS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"enum": ["ready", "degraded", "unready"]},
+        "checks": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "operators only (direct loopback or the metrics token): ok, degraded: <error> or down: <error>",
+        },
+    },
+    "required": ["status"],
+}
+
 ERROR: dict[str, Any] = {
     "type": "object",
     "properties": {"title": {"type": "string"}, "description": {"type": "string"}},
@@ -140,11 +154,13 @@ ERROR: dict[str, Any] = {
 }
 
 
-def validation_errors(schema: dict[str, Any], document: Any) -> list[str]:
-    """Human-readable messages, one per problem, naming the field."""
+def validation_errors(schema: dict[str, Any], document: Any, limit: int = 5) -> list[str]:
+    """Human-readable messages, one per problem (the first `limit` found), naming the field."""
     validator = jsonschema.Draft202012Validator(schema)
+    # The errors come lazily: stop after a few, or a list of thousands of bad elements costs a second of CPU.
+    found = itertools.islice(validator.iter_errors(document), limit)
     messages = []
-    for error in sorted(validator.iter_errors(document), key=lambda e: list(e.path)):
+    for error in sorted(found, key=lambda e: [str(p) for p in e.path]):
         where = ".".join(str(p) for p in error.path) or "body"
         messages.append(f"{where}: {error.message[:200]}")
     return messages

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import falcon
 
 from wardrobe.web.schemas import validation_errors
+
+_ASCII_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 def json_body(req: falcon.Request, schema: dict[str, Any], *, optional: bool = False) -> dict[str, Any]:
@@ -23,7 +26,7 @@ def json_body(req: falcon.Request, schema: dict[str, Any], *, optional: bool = F
         raise falcon.HTTPBadRequest(title="Invalid body", description="Text must not contain NUL characters.")
     errors = validation_errors(schema, body)
     if errors:
-        raise falcon.HTTPBadRequest(title="Invalid body", description="; ".join(errors[:5]))
+        raise falcon.HTTPBadRequest(title="Invalid body", description="; ".join(errors))
     return body
 
 
@@ -31,7 +34,8 @@ def page_limit(req: falcon.Request, default: int = 20, maximum: int = 100) -> in
     raw = req.get_param("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    # Not str.isdigit(): it is true for '²', '١٢' and fullwidth digits too, which int() rejects or reads as numbers.
+    if not _ASCII_NUMBER.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise falcon.HTTPBadRequest(
             title="Invalid limit", description=f"limit must be an integer 1..{maximum}."
         )

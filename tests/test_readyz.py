@@ -1,0 +1,118 @@
+"""/readyz: the public (anyone through the balancer) get the status alone, from a probe shared for about a second;
+operators (direct loopback, or the metrics token) get a fresh probe with the state of each dependency."""
+
+import falcon
+import falcon.testing
+import pytest
+from conftest import make_config
+
+from wardrobe.app import create_app
+from wardrobe.ops.observability import OperatorGuard
+from wardrobe.web.resources.health import Ready
+
+TOKEN = "operator-token-for-readyz"
+
+
+@pytest.fixture
+def app_client(tmp_path):
+    return falcon.testing.TestClient(create_app(make_config(tmp_path, WARDROBE_METRICS_TOKEN=TOKEN)))
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        {"headers": {"X-Forwarded-For": "203.0.113.7"}},  # through the balancer
+        {"remote_addr": "203.0.113.7"},  # straight from another host
+        {"remote_addr": "203.0.113.7", "headers": {"Authorization": "Bearer wrong"}},
+    ],
+)
+def test_the_public_get_the_status_and_nothing_else(app_client, how):
+    resp = app_client.simulate_get("/readyz", **how)
+    assert resp.status_code == 200
+    assert resp.json == {"status": "ready"}
+    assert resp.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        {},  # loopback, not proxied: the deploy scripts' and make run's case
+        {"remote_addr": "203.0.113.7", "headers": {"Authorization": f"Bearer {TOKEN}"}},
+    ],
+)
+def test_operators_get_each_dependency(app_client, how):
+    resp = app_client.simulate_get("/readyz", **how)
+    assert resp.status_code == 200
+    assert resp.json == {"status": "ready", "checks": {"postgres": "ok", "redis": "ok", "memcached": "ok"}}
+
+
+class Dependency:
+    def __init__(self):
+        self.calls = 0
+        self.down = False
+
+    def __call__(self):
+        self.calls += 1
+        if self.down:
+            raise ConnectionRefusedError("nope")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def probed(required, optional, clock):
+    app = falcon.App()
+    ready = Ready({"db": (required, True), "cache": (optional, False)}, OperatorGuard(TOKEN), clock=clock)
+    app.add_route("/readyz", ready)
+    return falcon.testing.TestClient(app)
+
+
+PUBLIC = {"remote_addr": "203.0.113.7"}
+
+
+def test_public_probes_are_shared_for_about_a_second_and_operators_probe_afresh():
+    db, cache, clock = Dependency(), Dependency(), Clock()
+    client = probed(db, cache, clock)
+    for _ in range(50):
+        assert client.simulate_get("/readyz", **PUBLIC).json == {"status": "ready"}
+    assert (db.calls, cache.calls) == (1, 1)
+    clock.now += 1.5
+    client.simulate_get("/readyz", **PUBLIC)
+    assert (db.calls, cache.calls) == (2, 2)
+    # An operator's probe is never an old answer (a deploy waits on it), and it refreshes the shared one.
+    db.down = True
+    operator = client.simulate_get("/readyz")
+    assert operator.status_code == 503 and operator.json["checks"]["db"] == "down: ConnectionRefusedError"
+    assert db.calls == 3
+    assert client.simulate_get("/readyz", **PUBLIC).json == {"status": "unready"}
+    assert db.calls == 3
+
+
+def test_a_required_dependency_down_is_503_unready_an_optional_one_degraded():
+    db, cache, clock = Dependency(), Dependency(), Clock()
+    client = probed(db, cache, clock)
+    cache.down = True
+    for how in (PUBLIC, {}):
+        clock.now += 2
+        resp = client.simulate_get("/readyz", **how)
+        assert resp.status_code == 200
+        assert resp.json["status"] == "degraded"
+    assert resp.json["checks"] == {"db": "ok", "cache": "degraded: ConnectionRefusedError"}
+    db.down = True
+    for how in (PUBLIC, {}):
+        clock.now += 2
+        resp = client.simulate_get("/readyz", **how)
+        assert resp.status_code == 503
+        assert resp.json["status"] == "unready"
+        assert resp.headers["retry-after"] == "5"
+    assert resp.json["checks"] == {
+        "db": "down: ConnectionRefusedError",
+        "cache": "degraded: ConnectionRefusedError",
+    }
+    clock.now += 2
+    assert client.simulate_get("/readyz", **PUBLIC).json == {"status": "unready"}
