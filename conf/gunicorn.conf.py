@@ -5,7 +5,8 @@ Settings come from wardrobe.config (the only reader of the environment). Why the
 - pools, clients, Sentry and the profiler open in `post_worker_init` (after the patch), not in `post_fork`;
 - `timeout` is only a heartbeat for gevent workers and bounds no request: deadlines are the app's own;
 - `keepalive` stays above nginx's upstream `keepalive_timeout`, or reused connections race into 502s;
-- prometheus_client's multiprocess directory is wiped at start and each dead worker is marked (`child_exit`).
+- prometheus_client's multiprocess directory is wiped at start and each dead worker is marked (`child_exit`);
+  the shared profile windows' directory is wiped at start too (a dead worker's windows age out by themselves).
 """
 
 import logging
@@ -74,8 +75,11 @@ logconfig_dict = {
 
 def on_starting(server):
     from wardrobe.ops.metrics import wipe_multiproc_dir
+    from wardrobe.ops.profiling import shared
 
     wipe_multiproc_dir(_metrics_dir)  # series of a previous run's workers would be summed in forever
+    # Each worker shares its closed profile windows there; a previous run's are not this box's present.
+    shared.wipe(shared.directory_for(_config.data_dir, "api"))
 
 
 def child_exit(server, worker):

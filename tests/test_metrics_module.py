@@ -11,15 +11,19 @@ import subprocess
 import sys
 import textwrap
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import falcon
 import falcon.testing
+import gevent
+import gevent.event
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from wardrobe.ops import metrics
+from wardrobe.ops import metrics, observability
+from wardrobe.store.db import DatabaseUnavailable
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -107,6 +111,100 @@ def test_wrong_import_order_is_reported(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="imported before PROMETHEUS_MULTIPROC_DIR"):
         metrics.ensure_multiprocess_mode(str(tmp_path))
     metrics.ensure_multiprocess_mode(None)
+
+
+# --- the queue backlog, read when scraped ------------------------------------------------------------
+
+
+class Ledger:
+    """Stands in for JobLedger.backlog: rows per stage, or an error."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+        self.error: Exception | None = None
+        self.timeouts: list[int | None] = []
+        self.release: gevent.event.Event | None = None
+
+    def backlog(self, statement_timeout_ms: int | None = None) -> list[dict]:
+        self.timeouts.append(statement_timeout_ms)
+        if self.release is not None:
+            self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return self.rows
+
+
+BACKLOG = [
+    {"stage": "cutout", "waiting": 4, "oldest_age": Decimal("12.5")},
+    {"stage": "analyze", "waiting": 1, "oldest_age": Decimal("3")},
+    {"stage": "capsule", "waiting": 2, "oldest_age": Decimal("7.25")},
+]
+
+
+def queue_series(parsed) -> dict:
+    return {key: v for key, v in parsed.items() if key[0].startswith("wardrobe_queue_")}
+
+
+def test_the_backlog_is_read_when_scraped_and_at_most_once_per_cache_period() -> None:
+    now = [100.0]
+    ledger = Ledger(BACKLOG)
+    probe = observability.QueueBacklog(ledger.backlog, clock=lambda: now[0])
+    resource = metrics.MetricsResource(authorize=lambda req: True, probes=[probe])
+    parsed = scrape(resource)
+    assert value(parsed, "wardrobe_queue_length", queue="images") == 4
+    assert value(parsed, "wardrobe_queue_length", queue="ai") == 3  # analyze and capsule
+    assert value(parsed, "wardrobe_queue_oldest_age_seconds", queue="images") == 12.5
+    assert value(parsed, "wardrobe_queue_oldest_age_seconds", queue="ai") == 7.25
+    for _ in range(5):
+        scrape(resource)
+    assert len(ledger.timeouts) == 1, "scrapes within the cache period share one read"
+    assert all(0 < timeout <= 1000 for timeout in ledger.timeouts)  # bounded server-side too
+
+    now[0] += 3
+    ledger.rows = []
+    parsed = scrape(resource)
+    assert len(ledger.timeouts) == 2
+    # Empty queues are zeros, not gaps: an alert can tell "nothing waits" from "nobody knows".
+    assert value(parsed, "wardrobe_queue_length", queue="images") == 0
+    assert ("wardrobe_queue_length", (("queue", "images"),)) in parsed
+
+
+def test_a_failing_backlog_read_leaves_out_only_its_own_families_and_is_counted() -> None:
+    now = [100.0]
+    ledger = Ledger(BACKLOG)
+    probe = observability.QueueBacklog(ledger.backlog, clock=lambda: now[0])
+    resource = metrics.MetricsResource(authorize=lambda req: True, probes=[probe])
+    metrics.collectors()
+    assert value(scrape(resource), "wardrobe_queue_length", queue="images") == 4
+    errors = value(scrape(resource), "wardrobe_dependency_errors_total", dependency="postgres")
+
+    now[0] += 3
+    ledger.error = DatabaseUnavailable("connection refused")
+    parsed = scrape(resource)
+    assert queue_series(parsed) == {}, "the last good numbers must not pass for current ones"
+    assert value(parsed, "wardrobe_dependency_errors_total", dependency="postgres") == errors + 1
+    assert ("wardrobe_http_requests_in_flight", ()) in parsed
+
+    now[0] += 3
+    ledger.error = None
+    assert value(scrape(resource), "wardrobe_queue_length", queue="images") == 4
+
+
+def test_a_scrape_waits_for_a_slow_backlog_read_only_so_long(monkeypatch) -> None:
+    # As in a gevent worker: the read runs in its own greenlet and the scrape waits at most `timeout` for it.
+    monkeypatch.setattr(observability, "gevent_active", lambda: True)
+    now = [100.0]
+    ledger = Ledger(BACKLOG)
+    ledger.release = gevent.event.Event()  # Postgres does not answer until the test says so
+    probe = observability.QueueBacklog(ledger.backlog, clock=lambda: now[0], timeout=0.05)
+    resource = metrics.MetricsResource(authorize=lambda req: True, probes=[probe])
+    assert queue_series(scrape(resource)) == {}
+    now[0] += 3
+    assert queue_series(scrape(resource)) == {}
+    assert len(ledger.timeouts) == 1, "one read at a time, however many scrapes wait"
+    ledger.release.set()
+    gevent.sleep(0)
+    assert value(scrape(resource), "wardrobe_queue_length", queue="images") == 4
 
 
 # --- several processes, as under gunicorn ------------------------------------------------------------
@@ -226,6 +324,24 @@ def test_two_workers_are_counted_together_and_dead_ones_are_folded_away(multipro
     assert value(final, "wardrobe_process_cpu_seconds_total", role="api") > 0
     # The latest report came from the last recycled worker, which saw an empty queue.
     assert value(final, "wardrobe_queue_length", queue="images") == 0
+
+
+def test_the_api_backlog_replaces_a_reapers_copy_in_the_same_directory(multiproc) -> None:
+    # A directory shared with a process that sets the gauges itself (a reaper under one systemd unit).
+    directory, start = multiproc
+    start(0, queue_length=7)
+    plain = metrics.MetricsResource(authorize=lambda req: True, multiproc_dir=str(directory))
+    assert value(scrape(plain), "wardrobe_queue_length", queue="images") == 7
+    probe = observability.QueueBacklog(Ledger(BACKLOG).backlog)
+    with_probe = metrics.MetricsResource(
+        authorize=lambda req: True, multiproc_dir=str(directory), probes=[probe]
+    )
+    parsed = scrape(with_probe)
+    assert {key: v for key, v in queue_series(parsed).items() if key[0] == "wardrobe_queue_length"} == {
+        ("wardrobe_queue_length", (("queue", "ai"),)): 3,
+        ("wardrobe_queue_length", (("queue", "images"),)): 4,
+    }
+    assert value(parsed, "wardrobe_jobs_total", kind="remove_background", outcome="ok") == 1  # the rest stays
 
 
 def test_wipe_clears_a_previous_run(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 5xx only, and an API process that never loads the background-removal model."""
 
 import http.client
+import os
 import subprocess
 import sys
 import threading
@@ -12,8 +13,8 @@ import falcon
 import falcon.testing
 import pytest
 import sentry_sdk
-from conftest import auth_header, make_config, server_env
-from processes import gunicorn
+from conftest import auth_header, image_bytes, make_config, multipart, server_env
+from processes import RedisServer, free_port, gunicorn
 from prometheus_client.parser import text_string_to_metric_families
 from test_profiling import decode_profile
 
@@ -93,7 +94,8 @@ def test_wall_profile_of_the_live_api_names_routes(live):
     profile = decode_profile(body)
     assert profile["sample_types"][1] == ("wall", "nanoseconds")
     routes = {label.get("route") for sample in profile["samples"] for label in [sample["labels"]]}
-    # Each worker has its own profiler; whichever answered saw its share of requests.
+    # The other worker's samples join once its window closes (test_profiles_show_every_worker_...), so right
+    # after the traffic the answering worker's own may be all there is.
     assert "/api/v1/items" in routes or "/debug/pprof/profile" in routes
     status, page, _ = get(port, "/debug/flamegraph?type=wall&seconds=30")
     assert status == 200 and b"<html" in page.lower()
@@ -122,6 +124,168 @@ def test_the_api_never_loads_rembg_or_an_inference_engine(live):
         },
     )
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+# --- the whole box, whichever worker answers ------------------------------------------------------------
+
+
+def workers_of(proc) -> list[int]:
+    """The gunicorn master's worker pids, once all of them (two here) are up."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = subprocess.run(["pgrep", "-P", str(proc.proc.pid)], capture_output=True, text=True).stdout
+        pids = sorted(int(pid) for pid in found.split())
+        if len(pids) == 2 or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)
+
+
+def serving_worker(conn: http.client.HTTPConnection, workers: list[int]) -> int:
+    """The worker holding the server end of this kept-alive connection, found as an operator would: the
+    connection's socket inode in /proc/net/tcp, then the worker that has that socket open."""
+    server = f"0100007F:{conn.port:04X}"
+    client = f"0100007F:{conn.sock.getsockname()[1]:04X}"
+    inodes = [
+        fields[9]
+        for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+        if fields[1] == server and fields[2] == client
+    ]
+    assert inodes, "the connection is not in /proc/net/tcp"
+    for pid in workers:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inodes[0]}]":
+                    return pid
+            except OSError:
+                continue
+    raise AssertionError(f"no worker holds socket {inodes[0]}")
+
+
+def fetch(
+    port: int, path: str, headers=None
+) -> tuple[http.client.HTTPResponse, bytes, http.client.HTTPConnection]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path, headers=headers or {})
+    resp = conn.getresponse()
+    return resp, resp.read(), conn
+
+
+@pytest.fixture
+def box(tmp_path):
+    """An API of two workers that nothing else talks to."""
+    env = server_env(tmp_path, WARDROBE_PROFILE_HZ=100)
+    proc, base = gunicorn(env, tmp_path / "gunicorn.log", workers=2)
+    yield proc, int(base.rsplit(":", 1)[1])
+    proc.stop()
+
+
+def test_profiles_show_every_worker_whichever_one_answers(box):
+    proc, port = box
+    workers = workers_of(proc)
+    assert len(workers) == 2
+    # One client on one kept-alive connection keeps one worker busy on a route nobody else calls.
+    pinned = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    user = auth_header(974_000_000)
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        pinned.request("GET", "/api/v1/items", headers=user)
+        resp = pinned.getresponse()
+        resp.read()
+        assert resp.status == 200
+    busy = serving_worker(pinned, workers)
+    idle = next(pid for pid in workers if pid != busy)
+    # Windows close on 10 s boundaries of the clock: wait until the one that saw the load has closed.
+    time.sleep(10 - time.time() % 10 + 1)
+
+    answers: dict[int, list[tuple[set, str | None]]] = {pid: [] for pid in workers}
+    for _ in range(60):  # fresh connections, so both workers get some of them
+        resp, body, conn = fetch(port, "/debug/pprof/profile?type=wall&seconds=120")
+        assert resp.status == 200
+        answered_by = serving_worker(conn, workers)
+        conn.close()
+        routes = {sample["labels"].get("route") for sample in decode_profile(body)["samples"]}
+        answers[answered_by].append((routes, resp.getheader("X-Profile-Workers")))
+        if len(answers[idle]) >= 3:
+            break
+    assert answers[idle], "no profile request reached the worker that was not loaded"
+    for pid, replies in answers.items():
+        for routes, _ in replies:
+            assert "/api/v1/items" in routes, (
+                f"worker {pid} ({'busy' if pid == busy else 'idle'}) answered {routes}"
+            )
+    # The answer says whose samples it holds: the answering worker's live ones and the other's closed windows.
+    sources = dict(part.strip().split("=") for part in answers[idle][-1][1].split(","))
+    assert sources[str(idle)] == "live"
+    assert float(sources[str(busy)]) > time.time() - 60
+
+    for _ in range(60):
+        resp, page, conn = fetch(port, "/debug/flamegraph?type=wall&seconds=120")
+        answered_by = serving_worker(conn, workers)
+        conn.close()
+        if answered_by == idle:
+            assert resp.status == 200 and b'"/api/v1/items"' in page
+            assert b"2 processes" in page
+            break
+    else:
+        raise AssertionError("no flame graph request reached the worker that was not loaded")
+    pinned.close()
+
+
+def metric_values(body: bytes) -> dict[tuple[str, tuple], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def test_the_api_exports_the_queue_backlog_while_no_consumer_runs(tmp_path, user):
+    # A Redis of our own: the jobs are enqueued, and nothing consumes them.
+    redis = RedisServer(tmp_path / "redis.log").start()
+    try:
+        env = server_env(tmp_path, WARDROBE_REDIS_URL=redis.url)
+        proc, base = gunicorn(env, tmp_path / "gunicorn.log", workers=2)
+        port = int(base.rsplit(":", 1)[1])
+        try:
+            body, ctype = multipart({"image": ("shirt.jpg", image_bytes(), "image/jpeg")})
+            for _ in range(3):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("POST", "/api/v1/items", body=body, headers={**user, "Content-Type": ctype})
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                assert resp.status == 202
+            for _ in range(4):  # fresh connections: whichever worker takes the scrape
+                status, text, _ = get(port, "/metrics")
+                assert status == 200
+                parsed = metric_values(text)
+                assert parsed.get(("wardrobe_queue_length", (("queue", "images"),)), 0) >= 3
+                assert parsed.get(("wardrobe_queue_oldest_age_seconds", (("queue", "images"),)), 0) > 0
+                assert ("wardrobe_queue_length", (("queue", "ai"),)) in parsed
+                # One series per queue, however many workers share the metrics directory.
+                assert len([key for key in parsed if key[0] == "wardrobe_queue_length"]) == 2
+        finally:
+            proc.stop()
+    finally:
+        redis.stop()
+
+
+def test_metrics_still_answer_when_the_backlog_cannot_be_read(tmp_path):
+    env = server_env(
+        tmp_path,
+        WARDROBE_DATABASE_URL=f"postgresql://127.0.0.1:{free_port()}/nowhere",
+        WARDROBE_DB_CONNECT_TIMEOUT=0.5,
+    )
+    proc, base = gunicorn(env, tmp_path / "gunicorn.log", workers=1)
+    try:
+        status, text, _ = get(int(base.rsplit(":", 1)[1]), "/metrics")
+    finally:
+        proc.stop()
+    assert status == 200
+    parsed = metric_values(text)
+    assert parsed[("wardrobe_dependency_errors_total", (("dependency", "postgres"),))] >= 1
+    assert not [key for key in parsed if key[0].startswith("wardrobe_queue_")], "no made-up queue numbers"
+    assert any(key[0] == "wardrobe_process_resident_memory_bytes" for key in parsed)
 
 
 class Captured(sentry_sdk.transport.Transport):

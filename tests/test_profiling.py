@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from wardrobe.ops.profiling import (
     ProfilingMiddleware,
     PyroscopePusher,
     folded,
+    shared,
     task_context,
 )
 from wardrobe.ops.profiling import pprof as pprof_encoder
@@ -475,6 +477,75 @@ def test_profiles_need_authorization(profiled_app) -> None:
     client, _ = profiled_app
     for path in ("/debug/pprof/profile", "/debug/flamegraph"):
         assert client.simulate_get(path, headers={"X-Operator": "no"}).status_code == 403
+
+
+# --- windows shared by the processes of a box ------------------------------------------------------------
+
+
+def _route_counts(profile) -> int:
+    return sum(folded_lines(folded.render(profile)).values())
+
+
+def test_a_profile_covers_the_windows_the_other_processes_of_the_box_shared(tmp_path: Path) -> None:
+    now = [1_700_000_000.0]
+    registry = ActivityRegistry()
+    common = dict(hz=100, window_seconds=1, keep_minutes=1, clock=lambda: now[0], share_dir=tmp_path)
+    busy = Profiler(registry=registry, wall_every=1, **common)
+    idle = Profiler(registry=ActivityRegistry(), **common)
+    release = gevent.event.Event()
+
+    def parked() -> None:
+        with registry.context((("method", "GET"), ("route", "/busy"))):
+            release.wait()
+
+    glet = gevent.spawn(parked)
+    gevent.sleep(0.01)
+    busy.shared.start()  # only the writer: the test ticks the sampler itself
+    try:
+        for _ in range(30):  # 3 s of fake time: three windows close
+            busy.sample()
+            time.sleep(0.005)
+            now[0] += 0.1
+    finally:
+        release.set()
+        glet.join()
+    now[0] += 1
+    busy.sample()  # closes the last window that saw /busy; the new one has nothing of it
+    busy.shared.stop()
+    assert busy.shared.written >= 3
+
+    seen_by_busy = _route_counts(busy.profile("wall", 60, route="/busy"))
+    seen_by_idle = idle.profile("wall", 60, route="/busy")
+    assert seen_by_busy > 0
+    # Every sample exactly once: the busy process does not count its own files on top of its memory.
+    assert _route_counts(seen_by_idle) == seen_by_busy
+    assert [source.until is None for source in seen_by_idle.sources] == [True, False]
+    assert seen_by_idle.sources[1].until > now[0] - 2
+
+    # A file half-written by a process that died, garbage, or another version: skipped, never an error.
+    written = sorted(tmp_path.glob("*.window"))
+    first = written[0].name.split("-")
+    (tmp_path / f"{first[0]}-deadbeef-{first[2]}-{first[3]}").write_bytes(written[0].read_bytes()[:40])
+    (tmp_path / f"1-junk0000-{first[2]}-{first[3]}").write_bytes(b"not a window at all")
+    (tmp_path / f"2-other000-{first[2]}-{first[3]}").write_bytes(zlib.compress(b'{"version": 99}'))
+    assert _route_counts(idle.profile("wall", 60, route="/busy")) == seen_by_busy
+    # Counts sampled at another rate are not comparable: a process with another hz leaves them out.
+    assert _route_counts(Profiler(**{**common, "hz": 50}).profile("wall", 60, route="/busy")) == 0
+
+    # Windows older than the retained minute go, whoever wrote them (a dead worker's too).
+    now[0] += 120
+    idle.shared.sweep()
+    assert not list(tmp_path.glob("*.window"))
+    assert _route_counts(idle.profile("wall", 60, route="/busy")) == 0
+
+
+def test_the_shared_directory_is_wiped_at_start(tmp_path: Path) -> None:
+    directory = shared.directory_for(tmp_path, "api")
+    directory.mkdir(parents=True)
+    (directory / "123-abcd1234-1000-2000.window").write_bytes(b"old run")
+    (directory / ".123-abcd1234-1000-2000.window.tmp").write_bytes(b"half")
+    shared.wipe(directory)
+    assert list(directory.iterdir()) == []
 
 
 # --- Pyroscope push ----------------------------------------------------------------------------------

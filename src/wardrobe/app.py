@@ -36,7 +36,7 @@ from wardrobe.queue import Dispatcher
 from wardrobe.store.capsules import Capsules
 from wardrobe.store.db import Pool
 from wardrobe.store.items import Items
-from wardrobe.store.jobs import Jobs
+from wardrobe.store.jobs import JobLedger, Jobs
 from wardrobe.store.users import Users
 from wardrobe.web import errors, middleware
 from wardrobe.web.auth import InitDataValidator
@@ -94,7 +94,7 @@ class Services:
         )
         cache = overrides.pop("cache", None) or _cache(config)
         jobs = Jobs(pool)
-        profiler, pusher = build_profiler(config, role="api")
+        profiler, pusher = build_profiler(config, role="api", share=True)
         values: dict[str, Any] = {
             "config": config,
             "pool": pool,
@@ -279,7 +279,13 @@ def create_app(
     app.add_route("/images/{name}", ImageFiles(services.store))
     app.add_route(
         "/metrics",
-        metrics.MetricsResource(guard, config.exported_metrics_dir(), metrics.ProcessUsage("api")),
+        metrics.MetricsResource(
+            guard,
+            config.exported_metrics_dir(),
+            metrics.ProcessUsage("api"),
+            # Read at scrape time from the API's own pool: the box shows its queues with or without consumers.
+            probes=[observability.QueueBacklog(JobLedger(services.pool).backlog)],
+        ),
     )
     if services.profiler is not None:
         app.add_route("/debug/pprof/profile", PprofResource(services.profiler, guard))

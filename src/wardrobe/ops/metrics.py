@@ -16,9 +16,9 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import falcon
 
@@ -31,6 +31,8 @@ JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900, 1200, 1800)
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 LOCK_FILE = "metrics.lock"
 ARCHIVE_ID = "archive"
+QUEUE_LENGTH = ("wardrobe_queue_length", "Tasks waiting in a queue.")
+QUEUE_OLDEST_AGE = ("wardrobe_queue_oldest_age_seconds", "Age of the oldest task waiting in a queue.")
 
 
 @dataclass(frozen=True)
@@ -96,16 +98,11 @@ def collectors() -> Collectors:
             "Failed calls to a dependency (postgres, redis, ...).",
             ["dependency"],
         ),
-        # Gauges that a periodic probe sets: the latest probe is the truth, whichever process ran it.
-        queue_length=Gauge(
-            "wardrobe_queue_length", "Tasks waiting in a queue.", ["queue"], multiprocess_mode="mostrecent"
-        ),
-        queue_oldest_age=Gauge(
-            "wardrobe_queue_oldest_age_seconds",
-            "Age of the oldest task waiting in a queue.",
-            ["queue"],
-            multiprocess_mode="mostrecent",
-        ),
+        # Gauges that a periodic probe sets (the reaper, beside a consumer): the latest probe is the truth,
+        # whichever process ran it, so neither summed nor kept per pid. The API reads the same numbers at scrape
+        # time instead (QueueBacklog), without these files.
+        queue_length=Gauge(*QUEUE_LENGTH, ["queue"], multiprocess_mode="mostrecent"),
+        queue_oldest_age=Gauge(*QUEUE_OLDEST_AGE, ["queue"], multiprocess_mode="mostrecent"),
         job_duration=Histogram(
             "wardrobe_job_duration_seconds",
             "Background job run time by kind and outcome.",
@@ -253,6 +250,18 @@ def _cpu_seconds() -> float:
     return times.user + times.system
 
 
+class ScrapeProbe(Protocol):
+    """Metric families read at scrape time rather than recorded: `refresh()` before each scrape (bounded, and
+    never raising), then `collect()` like any prometheus_client collector. They replace any copy of the same
+    families in the multiprocess files, so a family is never exported twice."""
+
+    families: frozenset[str]
+
+    def refresh(self) -> None: ...
+
+    def collect(self) -> Iterable[Any]: ...
+
+
 class MetricsResource:
     """GET /metrics in the text exposition format, merged across workers when a multiproc dir is set."""
 
@@ -261,9 +270,11 @@ class MetricsResource:
         authorize: Callable[[falcon.Request], object],
         multiproc_dir: str | None = None,
         process_usage: ProcessUsage | None = None,
+        probes: Iterable[ScrapeProbe] = (),
     ) -> None:
         self._authorize = authorize
-        self._registry = _registry(multiproc_dir)
+        self._probes = list(probes)
+        self._registry = _registry(multiproc_dir, self._probes)
         self._process_usage = process_usage
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -274,32 +285,54 @@ class MetricsResource:
         if self._process_usage is not None:
             with contextlib.suppress(OSError):
                 self._process_usage.refresh()
+        # Before reading the files, so an error a probe counts shows in this very scrape.
+        for probe in self._probes:
+            probe.refresh()
         resp.content_type = CONTENT_TYPE_LATEST
         resp.data = generate_latest(self._registry)
 
 
-def _registry(multiproc_dir: str | None):
+def _registry(multiproc_dir: str | None, probes: Iterable[ScrapeProbe] = ()):
     from prometheus_client import REGISTRY, CollectorRegistry
 
-    if not multiproc_dir:
+    probes = list(probes)
+    if not multiproc_dir and not probes:
         return REGISTRY
+    replaced = frozenset().union(*(probe.families for probe in probes))
     registry = CollectorRegistry()
-    registry.register(_MultiProcessFiles(multiproc_dir))
+    registry.register(
+        _MultiProcessFiles(multiproc_dir, replaced) if multiproc_dir else _Without(REGISTRY, replaced)
+    )
+    for probe in probes:
+        registry.register(probe)
     return registry
+
+
+class _Without:
+    """A registry's families except some (single-process mode with probes)."""
+
+    def __init__(self, source: Any, left_out: frozenset[str]) -> None:
+        self._source = source
+        self._left_out = left_out
+
+    def collect(self):
+        return [family for family in self._source.collect() if family.name not in self._left_out]
 
 
 class _MultiProcessFiles:
     """MultiProcessCollector that reads under a shared lock, so it never sees a half-compacted directory."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, left_out: frozenset[str] = frozenset()) -> None:
         self._path = path
+        self._left_out = left_out
 
     def collect(self):
         from prometheus_client.multiprocess import MultiProcessCollector
 
         with _directory_lock(self._path, fcntl.LOCK_SH):
             files = glob.glob(os.path.join(self._path, "*.db"))
-            return list(MultiProcessCollector.merge(files, accumulate=True))
+            merged = list(MultiProcessCollector.merge(files, accumulate=True))
+        return [family for family in merged if family.name not in self._left_out]
 
 
 def start_worker_metrics_server(

@@ -8,10 +8,13 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import falcon
 
+from wardrobe.green import gevent_active
 from wardrobe.ops import metrics
 
 log = logging.getLogger(__name__)
@@ -90,18 +93,96 @@ def job_finished(kind: str, outcome: str, seconds: float) -> None:
     c.job_duration.labels(kind=kind, outcome=outcome).observe(seconds)
 
 
-def queue_backlog(rows: list[dict[str, Any]]) -> None:
+def _per_queue(rows: list[dict[str, Any]]) -> dict[str, tuple[int, float]]:
+    """JobLedger.backlog() rows (per stage) as (waiting, oldest age) per queue; every queue, empty ones too."""
     from wardrobe.queue import STAGE_QUEUE
 
-    c = metrics.collectors()
     per_queue = {q: (0, 0.0) for q in set(STAGE_QUEUE.values())}
     for row in rows:
         queue = STAGE_QUEUE.get(row["stage"], row["stage"])
         count, age = per_queue.get(queue, (0, 0.0))
-        per_queue[queue] = (count + row["waiting"], max(age, float(row["oldest_age"])))
-    for queue, (count, age) in per_queue.items():
+        per_queue[queue] = (count + int(row["waiting"]), max(age, float(row["oldest_age"])))
+    return per_queue
+
+
+def queue_backlog(rows: list[dict[str, Any]]) -> None:
+    c = metrics.collectors()
+    for queue, (count, age) in _per_queue(rows).items():
         c.queue_length.labels(queue=queue).set(count)
         c.queue_oldest_age.labels(queue=queue).set(age)
+
+
+class QueueBacklog:
+    """wardrobe_queue_length and wardrobe_queue_oldest_age_seconds on the API's /metrics, read from Postgres (the
+    truth about queued jobs) when Prometheus scrapes, so a box exports them whether or not a consumer, its reaper
+    or its metrics port runs there.
+
+    One read per `max_age` seconds per worker whatever the number of scrapers, and only one at a time; a scrape
+    waits for it at most `timeout` seconds (also the query's server-side bound). A failed read counts a postgres
+    dependency error and leaves the two families out until a read succeeds: no number is better than a stale
+    one that looks current. `read` is JobLedger.backlog (taking `statement_timeout_ms`).
+    """
+
+    families = frozenset({metrics.QUEUE_LENGTH[0], metrics.QUEUE_OLDEST_AGE[0]})
+
+    def __init__(
+        self,
+        read: Callable[..., list[dict[str, Any]]],
+        *,
+        max_age: float = 2.0,
+        timeout: float = 1.0,
+        stale_after: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._max_age = max_age
+        self._timeout = timeout
+        self._stale_after = stale_after
+        self._clock = clock
+        self._next_read = float("-inf")
+        self._reading: Any = None  # the greenlet of the read in progress, under gevent
+        self._values: dict[str, tuple[int, float]] | None = None
+        self._read_at = float("-inf")
+
+    def refresh(self) -> None:
+        now = self._clock()
+        if now < self._next_read:
+            return
+        self._next_read = now + self._max_age
+        if not gevent_active():
+            self._read_once()  # plain WSGI servers and tests: the statement timeout bounds it
+            return
+        import gevent
+
+        if self._reading is None or self._reading.dead:
+            self._reading = gevent.spawn(self._read_once)
+        # A slow read goes on after the scrape answers; its result serves the next one.
+        self._reading.join(self._timeout)
+
+    def _read_once(self) -> None:
+        try:
+            rows = self._read(statement_timeout_ms=max(int(self._timeout * 1000), 1))
+            values = _per_queue(rows)
+        except Exception as exc:  # noqa: BLE001 - the rest of the scrape must answer whatever went wrong
+            self._values = None
+            dependency_error("postgres")
+            log.warning("queue backlog not readable for /metrics: %s", exc)
+            return
+        self._values, self._read_at = values, self._clock()
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        values = self._values
+        if values is None or self._clock() - self._read_at > self._stale_after:
+            return
+        length = GaugeMetricFamily(*metrics.QUEUE_LENGTH, labels=["queue"])
+        oldest = GaugeMetricFamily(*metrics.QUEUE_OLDEST_AGE, labels=["queue"])
+        for queue, (count, age) in sorted(values.items()):
+            length.add_metric([queue], count)
+            oldest.add_metric([queue], age)
+        yield length
+        yield oldest
 
 
 # --- Sentry --------------------------------------------------------------------------------------------------

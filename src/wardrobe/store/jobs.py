@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -183,8 +184,15 @@ def serialize(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Jobs:
-    def __init__(self, pool: Pool) -> None:
+    # How far back the cutout rate looks, and how long one process reuses it: polling users (once a second
+    # each) cost one count per box every few seconds, not one per poll.
+    RATE_WINDOW_SECONDS = 300
+    RATE_CACHE_SECONDS = 5.0
+
+    def __init__(self, pool: Pool, clock: Callable[[], float] = time.monotonic) -> None:
         self._pool = pool
+        self._clock = clock
+        self._rate: tuple[float, float] | None = None  # (measured at, cutouts per second)
 
     def get(self, user_id: int, job_id: str) -> dict[str, Any] | None:
         job_id = parse_uuid(job_id)
@@ -196,6 +204,50 @@ class Jobs:
             return cur.fetchone()
 
         return self._pool.run(select, transaction=False)
+
+    def cutout_queue(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """For an upload still waiting for its cutout: how many cutouts are ahead of it, how many were done per
+        minute fleet-wide lately, and when its own may be done (None when nothing was done lately to go by)."""
+        if job["stage"] != "cutout" or job["state"] not in ("queued", "running"):
+            return None
+
+        def select(cur: Any) -> int:
+            cur.execute(
+                """
+                SELECT count(*) AS ahead FROM jobs
+                 WHERE state IN ('queued', 'running') AND stage = 'cutout' AND created_at < %s
+                """,
+                (job["created_at"],),
+            )
+            return cur.fetchone()["ahead"]
+
+        ahead = 0 if job["state"] == "running" else self._pool.run(select, transaction=False)
+        per_second = self._cutout_rate()
+        return {
+            "ahead": ahead,
+            "cutouts_per_minute": round(per_second * 60, 1),
+            "estimate_seconds": round((ahead + 1) / per_second) if per_second > 0 else None,
+        }
+
+    def _cutout_rate(self) -> float:
+        now = self._clock()
+        if self._rate is not None and now - self._rate[0] < self.RATE_CACHE_SECONDS:
+            return self._rate[1]
+
+        def select(cur: Any) -> int:
+            cur.execute(
+                """
+                SELECT count(*) AS done FROM jobs
+                 WHERE kind = 'process_item' AND stage = 'analyze'
+                   AND run_after > clock_timestamp() - make_interval(secs => %s)
+                """,
+                (self.RATE_WINDOW_SECONDS,),
+            )
+            return cur.fetchone()["done"]
+
+        per_second = self._pool.run(select, transaction=False) / self.RATE_WINDOW_SECONDS
+        self._rate = (now, per_second)
+        return per_second
 
     def mark_enqueued(self, job_ids: list[str]) -> None:
         if not job_ids:

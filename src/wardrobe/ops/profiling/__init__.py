@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
+from wardrobe.ops.profiling import shared
 from wardrobe.ops.profiling.activity import ACTIVITIES, ActivityRegistry, ProfilingMiddleware, task_context
 from wardrobe.ops.profiling.aggregation import Profile, Window
 from wardrobe.ops.profiling.pyroscope import PushStats, PyroscopePusher
@@ -33,8 +34,13 @@ __all__ = [
 ]
 
 
-def build_profiler(config: Config, role: str, **tags: str) -> tuple[Profiler | None, PyroscopePusher | None]:
-    """The profiler (and its Pyroscope pusher) a process of this role runs, not yet started; None when off."""
+def build_profiler(
+    config: Config, role: str, *, share: bool = False, **tags: str
+) -> tuple[Profiler | None, PyroscopePusher | None]:
+    """The profiler (and its Pyroscope pusher) a process of this role runs, not yet started; None when off.
+
+    `share`: the role's processes on a box (gunicorn's workers) pool their windows under the data dir, so a
+    profile request answered by any of them shows the whole box."""
     if not config.profile_hz:
         return None, None
     tags = {"host": socket.gethostname(), "role": role, **tags}
@@ -45,5 +51,6 @@ def build_profiler(config: Config, role: str, **tags: str) -> tuple[Profiler | N
         clock_mode=config.profile_clock,
         tags=tags,
         on_window=[pusher.submit] if pusher else (),
+        share_dir=shared.directory_for(config.data_dir, role) if share else None,
     )
     return profiler, pusher

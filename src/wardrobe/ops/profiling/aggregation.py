@@ -29,6 +29,13 @@ SampleKey = tuple[str, Tags, Stack]
 OVERFLOW_STACK: Stack = (Frame("[too many distinct stacks]", "", 0, 0),)
 
 
+class Source(NamedTuple):
+    """One process whose samples are in a profile: `until` is where its shared windows end, None if live."""
+
+    pid: int
+    until: float | None
+
+
 @dataclass
 class Window:
     start: float
@@ -57,6 +64,8 @@ class Profile:
     end: float
     samples: dict[tuple[Tags, Stack], int]
     static_tags: Tags = ()
+    # The processes whose samples these are: the answering one and, when windows are shared, the box's others.
+    sources: tuple[Source, ...] = ()
 
     @property
     def period_nanos(self) -> int:

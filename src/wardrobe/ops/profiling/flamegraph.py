@@ -35,6 +35,8 @@ def render(profile: Profile, selected_route: str | None = None) -> str:
     payload = payload.replace("</", "<\\/")
     started = datetime.fromtimestamp(profile.start, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     title = f"{profile.profile_type} flame graph, {profile.end - profile.start:.0f} s from {started}"
+    if len(profile.sources) > 1:
+        title += f", {len(profile.sources)} processes"
     selected = json.dumps(selected_route or "").replace("</", "<\\/")
     # Data goes in last so nothing inside it is mistaken for a placeholder.
     return (

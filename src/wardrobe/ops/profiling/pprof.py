@@ -1,6 +1,9 @@
 """A `Profile` as gzipped pprof profile.proto, written by hand so no protobuf runtime is needed.
 
-Field numbers follow google/pprof's profile.proto; see /work/shared/PROTOCOLS.md for the rules obeyed.
+Field numbers follow google/pprof's profile.proto. What `go tool pprof` insists on, and this encoder keeps:
+`string_table[0]` is ""; every sample has one value per sample type; ids are nonzero and unique and every one
+referenced resolves; every string index is in range. CPU profiles carry `[samples/count, cpu/nanoseconds]` with
+period type cpu/nanoseconds and period 1e9/rate; wall profiles use wall/nanoseconds.
 """
 
 from __future__ import annotations

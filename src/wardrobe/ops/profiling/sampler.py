@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import random
 import sys
 import time
@@ -22,7 +23,8 @@ from types import CodeType, FrameType
 
 from wardrobe.ops.profiling import os_threads
 from wardrobe.ops.profiling.activity import ACTIVITIES, ActivityRegistry, Tags
-from wardrobe.ops.profiling.aggregation import Frame, Profile, Stack, Window, WindowStore, merge
+from wardrobe.ops.profiling.aggregation import Frame, Profile, Source, Stack, Window, WindowStore, merge
+from wardrobe.ops.profiling.shared import SharedWindows
 
 try:
     from wardrobe.ops.profiling import _ticker
@@ -54,7 +56,10 @@ class Profiler:
         wall_every: int = 4,
         rng: random.Random | None = None,
         clock_mode: str = "native",
+        share_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        """`share_dir`: where the processes of a box (gunicorn's workers) publish their closed windows to each
+        other, so that `profile()` in any of them covers them all."""
         if not 1 <= hz <= 1000:
             raise ValueError("hz must be between 1 and 1000")
         if clock_mode not in ("native", "thread"):
@@ -76,6 +81,13 @@ class Profiler:
         self._thread_cpu_ns = thread_cpu_ns or _thread_cpu_ns
         keep = max(int(keep_minutes * 60 // window_seconds), 1)
         self.store = WindowStore(window_seconds, keep, hz, max_stacks_per_window)
+        self.shared = (
+            SharedWindows(share_dir, self.store.retained_seconds, clock=clock)
+            if share_dir is not None
+            else None
+        )
+        if self.shared is not None:
+            self._on_window.append(self.shared.submit)
         self._names: dict[int, tuple[str, str, int, CodeType]] = {}
         self._lines: dict[tuple[int, int], Frame] = {}
         self._cpu_seen: dict[int, int] = {}
@@ -96,6 +108,8 @@ class Profiler:
     def start(self) -> None:
         if self.running:
             return
+        if self.shared is not None:
+            self.shared.start()
         self._stop = os_threads.RealEvent()
         self._last_tick = None
         # A process that exits without stopping us (a Huey worker) must not leave the native clock ticking
@@ -126,6 +140,8 @@ class Profiler:
         finished = self.store.finish(self._clock())
         if finished is not None:
             self._publish(finished)
+        if self.shared is not None:
+            self.shared.stop()  # after the last window was handed over: it stays readable for the others
         if self.ticks:
             log.info(
                 "profiler stopped: %d ticks on the %s clock, %.3f CPU-s sampling (%.0f us a tick)",
@@ -300,12 +316,20 @@ class Profiler:
         return self.store.retained_seconds
 
     def profile(self, profile_type: str, seconds: float, route: str | None = None) -> Profile:
-        """Samples of the last `seconds` (recent windows, the unfinished one included); never waits."""
+        """Samples of the last `seconds` (recent windows, the unfinished one included), with the closed windows
+        of the box's other processes when they are shared; never waits for the sampler."""
         now = self._clock()
         since = now - seconds
         windows = self.store.windows_since(since)
+        sources = [Source(os.getpid(), None)]
+        if self.shared is not None:
+            theirs, others = self.shared.windows_since(since, self.hz)
+            windows += theirs
+            sources += others
         start = min((window.start for window in windows), default=since)
-        return merge(windows, profile_type, self.hz, start, now, route, self.tags)
+        profile = merge(windows, profile_type, self.hz, start, now, route, self.tags)
+        profile.sources = tuple(sources)
+        return profile
 
 
 _CPU_CLOCKS: dict[int, int] = {}
