@@ -27,10 +27,12 @@ trap stop INT TERM EXIT
 
 start() { "$@" & pids+=($!); }
 
-# Background workers share this box with the API: lower CPU priority so a backlog never slows requests.
+# Background workers share this box with the API, whose latency must win whatever the backlog: cutouts run
+# SCHED_IDLE (only on CPU the API leaves idle; a backlog shows in the job's queue answer and in /metrics), the
+# light ai worker at nice 5.
 if [ -x .venv/bin/wardrobe-worker ]; then
     # One ONNX thread: a second one only pays off on cores the API is not using.
-    WARDROBE_ONNX_THREADS=${WARDROBE_ONNX_THREADS:-1} start nice -n 10 wardrobe-worker images
+    WARDROBE_ONNX_THREADS=${WARDROBE_ONNX_THREADS:-1} start chrt --idle 0 wardrobe-worker images
     start nice -n 5 wardrobe-worker ai
 fi
 start gunicorn -c conf/gunicorn.conf.py

@@ -50,7 +50,6 @@ class StageRunner:
     analyzer: ItemAnalyzer | None = None
     observe: Callable[[str, str, float], None] = field(default=lambda kind, outcome, seconds: None)
     report: Callable[..., None] = field(default=lambda *args, **kwargs: None)  # to Sentry
-    on_claim: Callable[[dict[str, Any]], None] = field(default=lambda job: None)  # e.g. CatchUp.job_claimed
 
     # --- the stages -----------------------------------------------------------------------------------------
 
@@ -154,10 +153,6 @@ class StageRunner:
         if job is None:
             log.info("job %s (%s): not ours to run (duplicate delivery, finished or not due)", job_id, stage)
             return "skipped"
-        try:
-            self.on_claim(job)
-        except Exception:  # a scheduling hint must never cost a job
-            log.exception("job %s (%s): the on_claim hook failed; running the job anyway", job_id, stage)
         started = time.monotonic()
         kind = job["kind"]
         try:

@@ -67,10 +67,6 @@ def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], pr
                 precision=config.cutout_precision,
             )
             log.info("cutouts run on %s with %d thread(s)", runner.remover.engine, threads)
-            from tasks.priority import CatchUp
-
-            # Beside the API (nice 10): at the API's priority while uploads wait longer than this.
-            runner.on_claim = CatchUp(config.image_catchup_seconds).job_claimed
         else:
             runner.analyzer = build_analyzer(config, redis_client)
         log.info("worker runtime ready for the %s queue (pid %s)", queue, os.getpid())

@@ -268,3 +268,31 @@ def test_with_a_reaper_beside_every_consumer_each_stranded_job_is_resent_once(tm
         redis.stop()
     mine = [job_id for job_id in pending if job_id in stranded]
     assert sorted(mine) == sorted(stranded), (json.dumps(pending), logs)  # each once, none twice
+
+
+def test_a_waiting_upload_is_told_how_many_cutouts_are_ahead_and_when_its_own_may_be_done(tmp_path, user):
+    import falcon.testing
+    from conftest import settle_unfinished_jobs
+
+    from wardrobe.app import create_app
+
+    settle_unfinished_jobs()
+    client = falcon.testing.TestClient(
+        create_app(make_config(tmp_path, WARDROBE_REDIS_URL="redis://127.0.0.1:1/0"))
+    )
+    jobs = [upload(client, user, image_bytes(size=(90, 90), color=(i, 9, 9))).json["job"] for i in range(3)]
+    # Two uploads of another user were cut out a moment ago: the rate the estimate goes by.
+    with psycopg2.connect(TEST_DSN) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE jobs SET stage = 'analyze', state = 'succeeded', run_after = now() WHERE id = ANY(%s::uuid[])",
+            ([jobs[0]["id"], jobs[1]["id"]],),
+        )
+    later = upload(client, user, image_bytes(size=(90, 90), color=(3, 9, 9))).json["job"]
+
+    answer = client.simulate_get(f"/api/v1/jobs/{later['id']}", headers=user).json
+    queue = answer["queue"]
+    assert queue["ahead"] == 1  # the third upload still waits; the first two are done
+    assert queue["cutouts_per_minute"] > 0
+    assert queue["estimate_seconds"] == round(2 / (queue["cutouts_per_minute"] / 60))
+    done = client.simulate_get(f"/api/v1/jobs/{jobs[0]['id']}", headers=user).json
+    assert done["queue"] is None  # past its cutout: nothing to wait for

@@ -150,8 +150,6 @@ class Config:
     # auto: bf16 where the CPU does it natively, else f32, both on OpenVINO; f32: onnxruntime
     cutout_precision: str = setting("WARDROBE_CUTOUT_PRECISION", _choice("auto", "bf16", "f32"), "auto")
     image_worker_max_tasks: int = setting("WARDROBE_IMAGE_WORKER_MAX_TASKS", _int(1), "200")
-    # a niced images worker runs at nice 0 while cutouts wait longer; 0: never
-    image_catchup_seconds: float = setting("WARDROBE_IMAGE_CATCHUP_SECONDS", _float(0), "10")
     ai_workers: int = setting("WARDROBE_AI_WORKERS", _int(1, 1000), "32")
     job_max_attempts: int = setting("WARDROBE_JOB_MAX_ATTEMPTS", _int(1, 100), "5")
     job_lease_seconds: int = setting("WARDROBE_JOB_LEASE_SECONDS", _int(5), "300")

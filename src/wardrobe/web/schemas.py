@@ -100,6 +100,16 @@ JOB: dict[str, Any] = {
         "attempts": {"type": "integer"},
         "error": {"type": ["string", "null"]},
         "result": {"type": ["object", "null"]},
+        "queue": {
+            "description": "While the upload waits for its cutout: the cutouts ahead of it, the recent rate, and "
+            "an estimate of when its own is done (null when nothing was cut out lately); null otherwise.",
+            "type": ["object", "null"],
+            "properties": {
+                "ahead": {"type": "integer", "minimum": 0},
+                "cutouts_per_minute": {"type": "number", "minimum": 0},
+                "estimate_seconds": {"type": ["integer", "null"], "minimum": 0},
+            },
+        },
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},
     },

@@ -15,5 +15,5 @@ class Job:
         row = self._jobs.get(req.context.user.id, job_id)
         if row is None:
             raise falcon.HTTPNotFound(description="No such job.")
-        resp.media = serialize(row)
+        resp.media = {**serialize(row), "queue": self._jobs.cutout_queue(row)}
         resp.cache_control = ["private", "no-cache"]
