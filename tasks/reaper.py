@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from wardrobe.store.jobs import JobLedger
@@ -17,52 +18,40 @@ from wardrobe.store.jobs import JobLedger
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class Reaper:
-    def __init__(
-        self,
-        ledger: JobLedger,
-        send: Callable[..., int],
-        redis_client: Any,
-        *,
-        interval: float = 15.0,
-        grace: float = 10.0,
-        stale: float = 300.0,
-        observe_backlog: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
-        give_up: Callable[[dict[str, Any], str], bool] = lambda job, error: False,
-    ) -> None:
-        """`give_up(job, error)` fails a job and the row it works on (Items/Capsules.job_failed)."""
-        self._ledger = ledger
-        self._send = send
-        self._redis = redis_client
-        self._interval = interval
-        self._grace = grace
-        self._stale = stale
-        self._observe_backlog = observe_backlog
-        self._give_up = give_up
+    ledger: JobLedger
+    send: Callable[..., int]  # Dispatcher.send
+    redis_client: Any  # holds the lock that lets one reaper act per interval
+    interval: float = 15.0
+    grace: float = 10.0  # a job this young may still be on its way to Redis
+    stale: float = 300.0  # a message this old without a claim was lost (Redis restarted empty)
+    observe_backlog: Callable[[list[dict[str, Any]]], None] = lambda rows: None
+    give_up: Callable[[dict[str, Any], str], bool] = lambda job, error: False  # Items/Capsules.job_failed
 
     def sweep(self) -> int:
         """One pass; returns how many jobs were resent (0 when another reaper holds this interval)."""
         try:
-            if not self._redis.set(
-                "wardrobe:reaper:lock", os.getpid(), nx=True, px=int(self._interval * 900)
+            if not self.redis_client.set(
+                "wardrobe:reaper:lock", os.getpid(), nx=True, px=int(self.interval * 900)
             ):
                 return 0
         except Exception as exc:  # noqa: BLE001 - Redis down: nothing can be enqueued anyway
             log.warning("reaper: Redis unavailable (%s); will retry", exc)
             return 0
-        for job in self._ledger.dead():
+        for job in self.ledger.dead():
             # A poison job (it kills its process: out of memory, a native crash) is not retried forever.
             error = (
                 f"gave up after {job['attempts']} attempts: the worker running it died "
                 "(killed, out of memory or crashed)"
             )
-            if self._give_up(job, error):
+            if self.give_up(job, error):
                 log.warning("reaper: job %s (%s) failed: %s", job["id"], job["stage"], error)
-        jobs = self._ledger.unsent(self._grace, self._stale)
-        sent = self._send(jobs) if jobs else 0
+        jobs = self.ledger.unsent(self.grace, self.stale)
+        sent = self.send(jobs) if jobs else 0
         if jobs:
             log.info("reaper: resent %d of %d stranded job(s)", sent, len(jobs))
-        self._observe_backlog(self._ledger.backlog())
+        self.observe_backlog(self.ledger.backlog())
         return sent
 
     def run_forever(self, parent_pid: int | None = None) -> None:
@@ -72,4 +61,4 @@ class Reaper:
                 self.sweep()
             except Exception:
                 log.exception("reaper sweep failed")
-            time.sleep(max(0.5, self._interval - (time.monotonic() - started)))
+            time.sleep(max(0.5, self.interval - (time.monotonic() - started)))

@@ -92,11 +92,9 @@ def row(sql: str, *args) -> tuple:
         return cur.fetchone()
 
 
-def test_a_late_run_whose_lease_expired_changes_nothing(pool, tmp_path, user, caplog):
-    item, job = uploaded_item(tmp_path, user)
-    at_stage(job["id"], "analyze")
-    analyzer = HeldAnalyzer()
-    runner = runner_for(pool, tmp_path, analyzer=analyzer, lease_seconds=1)
+def overlapping_runs(runner: StageRunner, analyzer: HeldAnalyzer, job: dict) -> tuple[str, str]:
+    """A first run that outlives its 1 s lease, a second that takes the job over and finishes, then the first
+    finishing late: the two outcomes, first run's first."""
     outcomes = {}
     first = threading.Thread(target=lambda: outcomes.setdefault("first", runner.analyze(job["id"])))
     first.start()
@@ -105,12 +103,22 @@ def test_a_late_run_whose_lease_expired_changes_nothing(pool, tmp_path, user, ca
         assert time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(1.2)  # the first run's lease expires while it waits for its analysis
-
-    assert runner.analyze(job["id"]) == "succeeded"  # a second run takes the job over and finishes it
-    analyzer.release.set()  # then the first run finishes, late
+    second = runner.analyze(job["id"])
+    analyzer.release.set()
     first.join(30)
+    return outcomes["first"], second
 
-    assert outcomes["first"] == "superseded"
+
+def test_a_late_run_whose_lease_expired_changes_nothing(pool, tmp_path, user, caplog):
+    item, job = uploaded_item(tmp_path, user)
+    at_stage(job["id"], "analyze")
+    analyzer = HeldAnalyzer()
+    assert overlapping_runs(
+        runner_for(pool, tmp_path, analyzer=analyzer, lease_seconds=1), analyzer, job
+    ) == (
+        "superseded",
+        "succeeded",
+    )
     state = row("SELECT state FROM jobs WHERE id = %s", job["id"])[0]
     status, category, analysis = row("SELECT status, category, analysis FROM items WHERE id = %s", item["id"])
     assert state == "succeeded" and status == "ready"
@@ -132,19 +140,8 @@ def test_a_late_run_that_fails_does_not_fail_the_finished_job(pool, tmp_path, us
 
     analyzer = FailsWhenReleased()
     runner = runner_for(pool, tmp_path, analyzer=analyzer, lease_seconds=1)
-    outcomes = {}
-    first = threading.Thread(target=lambda: outcomes.setdefault("first", runner.analyze(job["id"])))
-    first.start()
-    deadline = time.monotonic() + 10
-    while row("SELECT state FROM jobs WHERE id = %s", job["id"])[0] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(1.2)
-    assert runner.analyze(job["id"]) == "succeeded"
-    analyzer.release.set()
-    first.join(30)
-
-    assert outcomes["first"] == "superseded"  # its retry would have sent the job back to the queue
+    # The first run's retry would have sent the finished job back to the queue.
+    assert overlapping_runs(runner, analyzer, job) == ("superseded", "succeeded")
     assert row("SELECT state FROM jobs WHERE id = %s", job["id"])[0] == "succeeded"
     assert row("SELECT status FROM items WHERE id = %s", item["id"])[0] == "ready"
 
@@ -171,30 +168,28 @@ print(runner.cutout(sys.argv[2]), flush=True)
 """
 
 
-def test_a_job_that_kills_its_worker_every_time_fails_with_a_readable_error(pool, tmp_path, user):
-    item, job = uploaded_item(tmp_path, user)
-    max_attempts = row("SELECT max_attempts FROM jobs WHERE id = %s", job["id"])[0]
-    images = tmp_path / "data" / "images"
-    for attempt in range(1, max_attempts + 1):
-        done = subprocess.run(
-            [sys.executable, "-c", _KILLING_RUN, TEST_DSN, job["id"], str(images)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == -9, done.stderr  # the worker died on the job
-        assert row("SELECT attempts FROM jobs WHERE id = %s", job["id"])[0] == attempt
-        time.sleep(1.1)  # its lease runs out, as the reaper would find it
-
-    # The cap holds: nobody claims it again, and the reaper fails it instead of resending it forever.
-    again = subprocess.run(
-        [sys.executable, "-c", _KILLING_RUN, TEST_DSN, job["id"], str(images)],
+def killing_run(job_id: str, images) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _KILLING_RUN, TEST_DSN, job_id, str(images)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_with_a_readable_error(pool, tmp_path, user):
+    item, job = uploaded_item(tmp_path, user)
+    max_attempts = row("SELECT max_attempts FROM jobs WHERE id = %s", job["id"])[0]
+    images = tmp_path / "data" / "images"
+    for attempt in range(1, max_attempts + 1):
+        done = killing_run(job["id"], images)
+        assert done.returncode == -9, done.stderr  # the worker died on the job
+        assert row("SELECT attempts FROM jobs WHERE id = %s", job["id"])[0] == attempt
+        time.sleep(1.1)  # its lease runs out, as the reaper would find it
+
+    # The cap holds: nobody claims it again, and the reaper fails it instead of resending it forever.
+    again = killing_run(job["id"], images)
     assert again.returncode == 0 and again.stdout.strip() == "skipped", again.stderr
     redis = RedisServer(tmp_path / "redis.log").start()
     try:

@@ -262,42 +262,71 @@ def auth(request):
     return auth_header(987_654_321_000 + request.param) if request.param else None
 
 
-def test_path_tricks_on_every_route(corpus_app, auth):
+def every_route(corpus_app, requests):
+    """Send what `requests(path, methods)` yields as (method, path, send's keywords, label) to every route."""
     client, problems = falcon.testing.TestClient(corpus_app), Problems()
     for _, path, methods in routes(corpus_app):
-        for tricky in path_tricks(path):
-            for method in methods:
-                problems.check(send(client, method, tricky, auth=auth), (method, tricky[:80]))
+        for method, sent_path, how, label in requests(path, methods):
+            problems.check(send(client, method, sent_path, **how), label)
+    return problems
+
+
+def test_path_tricks_on_every_route(corpus_app, auth):
+    problems = every_route(
+        corpus_app,
+        lambda path, methods: (
+            (method, tricky, {"auth": auth}, (method, tricky[:80]))
+            for tricky in path_tricks(path)
+            for method in methods
+        ),
+    )
     assert not problems, problems.summary()
 
 
 def test_hostile_query_strings_on_every_route(corpus_app, auth):
-    client, problems = falcon.testing.TestClient(corpus_app), Problems()
-    for _, path, methods in routes(corpus_app):
-        for method in methods:
-            for query in QUERIES:
-                problems.check(send(client, method, path, auth=auth, query=query), (method, path, query[:40]))
+    problems = every_route(
+        corpus_app,
+        lambda path, methods: (
+            (method, path, {"auth": auth, "query": query}, (method, path, query[:40]))
+            for method in methods
+            for query in QUERIES
+        ),
+    )
     assert not problems, problems.summary()
 
 
 def test_hostile_bodies_on_every_route(corpus_app, auth):
-    client, problems = falcon.testing.TestClient(corpus_app), Problems()
     form, form_type = multipart({"image": ("a.gif", b"GIF89a" + b"\x00" * 64, "image/gif"), "notes": "\x00"})
-    for _, path, methods in routes(corpus_app):
-        for method in methods - {"GET"}:
-            for body, content_type in [*BODIES, (form, form_type)]:
-                resp = send(client, method, path, auth=auth, body=body, content_type=content_type)
-                problems.check(resp, (method, path, str(body)[:40], content_type))
+    problems = every_route(
+        corpus_app,
+        lambda path, methods: (
+            (
+                method,
+                path,
+                {"auth": auth, "body": body, "content_type": content_type},
+                (method, path, str(body)[:40], content_type),
+            )
+            for method in methods - {"GET"}
+            for body, content_type in [*BODIES, (form, form_type)]
+        ),
+    )
     assert not problems, problems.summary()
 
 
 def test_hostile_headers_on_every_route(corpus_app, auth):
-    client, problems = falcon.testing.TestClient(corpus_app), Problems()
-    for _, path, methods in routes(corpus_app):
-        for method in methods:
-            for headers in HEADERS:
-                resp = send(client, method, path, auth=auth, headers=headers, body="{}", content_type=JSON)
-                problems.check(resp, (method, path, {k: v[:40] for k, v in headers.items()}))
+    problems = every_route(
+        corpus_app,
+        lambda path, methods: (
+            (
+                method,
+                path,
+                {"auth": auth, "headers": headers, "body": "{}", "content_type": JSON},
+                (method, path, {k: v[:40] for k, v in headers.items()}),
+            )
+            for method in methods
+            for headers in HEADERS
+        ),
+    )
     assert not problems, problems.summary()
 
 

@@ -22,7 +22,14 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 import redis
-from conftest import BOT_TOKEN, TEST_DSN, auth_header, image_bytes, multipart, settle_unfinished_jobs
+from conftest import (
+    TEST_DSN,
+    auth_header,
+    image_bytes,
+    multipart,
+    server_env,
+    settle_unfinished_jobs,
+)
 from processes import ROOT, Process, free_port, gunicorn, worker
 
 from tests.fakes.openai_server import FakeOpenAI
@@ -367,20 +374,17 @@ def test_a_primary_killed_mid_stream_loses_no_upload(fleet_with_password, tmp_pa
     settle_unfinished_jobs()
     fake = FakeOpenAI(keys=KEYS, latency=0.05).start()
     upload_limit = 4
-    env = {
-        "WARDROBE_DATABASE_URL": TEST_DSN,
-        "WARDROBE_DATA_DIR": str(tmp_path / "data"),
-        "WARDROBE_TELEGRAM_BOT_TOKEN": BOT_TOKEN,
-        "WARDROBE_REDIS_URL": fleet.url,
-        "WARDROBE_OPENAI_API_KEYS": ",".join(KEYS),
-        "WARDROBE_OPENAI_BASE_URL": fake.url,
-        "WARDROBE_U2NET_HOME": str(ROOT / "var" / "models"),
-        "WARDROBE_RATE_LIMIT_UPLOAD": f"{upload_limit}/60",
-        "WARDROBE_JOB_LEASE_SECONDS": "6",
-        "WARDROBE_REAPER_INTERVAL": "1",
-        "WARDROBE_REAPER_GRACE": "1",
-        "WARDROBE_PROFILE_HZ": "0",
-    }
+    env = server_env(
+        tmp_path,
+        WARDROBE_REDIS_URL=fleet.url,
+        WARDROBE_OPENAI_API_KEYS=",".join(KEYS),
+        WARDROBE_OPENAI_BASE_URL=fake.url,
+        WARDROBE_U2NET_HOME=ROOT / "var" / "models",
+        WARDROBE_RATE_LIMIT_UPLOAD=f"{upload_limit}/60",
+        WARDROBE_JOB_LEASE_SECONDS=6,
+        WARDROBE_REAPER_INTERVAL=1,
+        WARDROBE_REAPER_GRACE=1,
+    )
     procs: list[Process] = []
     uploader = None
     try:

@@ -263,12 +263,12 @@ def create_app(
         ItemCollection(
             services.items,
             services.store,
+            services.dispatch,
+            reads,
+            limit,
             max_upload_bytes=config.max_upload_bytes,
             max_image_pixels=config.max_image_pixels,
             offload=services.offload,
-            after_commit=services.dispatch,
-            reads=reads,
-            limit=limit,
         ),
     )
     app.add_route("/api/v1/items/{item_id}", Item(services.items))

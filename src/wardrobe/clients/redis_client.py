@@ -26,8 +26,16 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, redis.BlockingConne
 
 
 def connect(url: str, *, pool_size: int = 50, timeout: float = 0.5) -> redis.Redis:
-    # One quick retry at most: callers decide what a Redis outage means (503, fail open, reaper later).
-    retry = Retry(NoBackoff(), 1)
+    # The same bounded, waiting pool whichever way the master is found; one quick retry at most: callers decide
+    # what a Redis outage means (503, fail open, reaper later).
+    pooling = {
+        "max_connections": pool_size,
+        "timeout": timeout,  # how long to wait for a free connection
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1),
+        "health_check_interval": 30,
+    }
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme == "redis+sentinel":
         # rpartition: the netloc holds several host:port pairs, which urlsplit's hostname/port cannot read.
@@ -49,23 +57,6 @@ def connect(url: str, *, pool_size: int = 50, timeout: float = 0.5) -> redis.Red
             password=urllib.parse.unquote(password) or None,
         )
         return sentinel.master_for(
-            service,
-            connection_pool_class=BlockingSentinelConnectionPool,
-            db=db,
-            max_connections=pool_size,
-            timeout=timeout,  # how long to wait for a free connection
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=retry,
-            health_check_interval=30,
+            service, connection_pool_class=BlockingSentinelConnectionPool, db=db, **pooling
         )
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=pool_size,
-        timeout=timeout,  # how long to wait for a free connection
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=retry,
-        health_check_interval=30,
-    )
-    return redis.Redis(connection_pool=pool)
+    return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, **pooling))

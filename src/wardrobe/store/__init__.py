@@ -19,6 +19,11 @@ def parse_uuid(raw: str) -> str | None:
         return None
 
 
+def picked(row: dict[str, Any], *names: str) -> dict[str, Any]:
+    """The columns a resource shows as they are, in the order given."""
+    return {name: row[name] for name in names}
+
+
 def timestamps(row: dict[str, Any]) -> dict[str, str]:
     """The created/updated pair every resource shows, as ISO 8601."""
     return {"created_at": row["created_at"].isoformat(), "updated_at": row["updated_at"].isoformat()}

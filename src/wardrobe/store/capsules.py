@@ -6,13 +6,15 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from wardrobe.store import items, jobs, pagination, parse_uuid, timestamps
+from wardrobe.store import items, jobs, pagination, parse_uuid, picked, timestamps
 from wardrobe.store.db import Pool
 
 CAPSULE_COLUMNS = (
     "id, user_id, state, occasion, season, size, name, description, outfits, source, wardrobe_version, "
     "created_at, updated_at"
 )
+# What a job that failed for good leaves on its row.
+MARK_FAILED = "UPDATE capsules SET state = 'failed', updated_at = clock_timestamp() WHERE id = %s"
 
 
 def serialize(row: dict[str, Any], wardrobe: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -24,12 +26,7 @@ def serialize(row: dict[str, Any], wardrobe: dict[str, dict[str, Any]] | None = 
         ]
     return {
         "id": str(row["id"]),
-        "state": row["state"],
-        "occasion": row["occasion"],
-        "season": row["season"],
-        "size": row["size"],
-        "name": row["name"],
-        "description": row["description"],
+        **picked(row, "state", "occasion", "season", "size", "name", "description"),
         "outfits": outfits,
         "source": row["source"],
         **timestamps(row),
@@ -139,9 +136,4 @@ class Capsules:
         )
 
     def job_failed(self, job: dict[str, Any], error: str) -> bool:
-        return jobs.record_failure(
-            self._pool,
-            job,
-            error,
-            "UPDATE capsules SET state = 'failed', updated_at = clock_timestamp() WHERE id = %s",
-        )
+        return jobs.record_failure(self._pool, job, error, MARK_FAILED)

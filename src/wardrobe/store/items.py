@@ -7,7 +7,7 @@ from typing import Any
 from psycopg2.extras import Json
 
 from wardrobe.clients.images import ImageStore
-from wardrobe.store import jobs, pagination, parse_uuid, timestamps, users
+from wardrobe.store import jobs, pagination, parse_uuid, picked, timestamps, users
 from wardrobe.store.db import Pool
 
 ITEM_COLUMNS = (
@@ -15,22 +15,15 @@ ITEM_COLUMNS = (
     "image_key, cutout_key, user_fields, analysis, created_at, updated_at"
 )
 EDITABLE = ("category", "colors", "season", "style", "pattern", "material", "formality", "brand", "notes")
+# What a job that failed for good leaves on its row.
+MARK_FAILED = "UPDATE items SET status = 'failed', updated_at = clock_timestamp() WHERE id = %s"
 
 
 def serialize(row: dict[str, Any]) -> dict[str, Any]:
     analysis = row.get("analysis") or {}
     return {
         "id": str(row["id"]),
-        "status": row["status"],
-        "category": row["category"],
-        "colors": row["colors"],
-        "season": row["season"],
-        "style": row["style"],
-        "pattern": row["pattern"],
-        "material": row["material"],
-        "formality": row["formality"],
-        "brand": row["brand"],
-        "notes": row["notes"],
+        **picked(row, "status", *EDITABLE),
         "source": analysis.get("source"),
         "image_url": ImageStore.url(row["image_key"]),
         "cutout_url": ImageStore.url(row["cutout_key"]),
@@ -203,12 +196,7 @@ class Items:
         return jobs.record(self._pool, job, lambda cur, job: jobs.succeed(cur, job, result), fill_in)
 
     def job_failed(self, job: dict[str, Any], error: str) -> bool:
-        return jobs.record_failure(
-            self._pool,
-            job,
-            error,
-            "UPDATE items SET status = 'failed', updated_at = clock_timestamp() WHERE id = %s",
-        )
+        return jobs.record_failure(self._pool, job, error, MARK_FAILED)
 
     def ready_for_capsules(self, user_id: int, limit: int = 500) -> list[dict[str, Any]]:
         """The items an outfit can use: analysed, with a category."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from wardrobe.store import parse_uuid, timestamps, users
+from wardrobe.store import parse_uuid, picked, timestamps, users
 from wardrobe.store.db import Pool
 
 log = logging.getLogger(__name__)
@@ -171,12 +171,7 @@ def fail(cur: Any, job: dict[str, Any], error: str) -> bool:
 def serialize(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
-        "kind": row["kind"],
-        "state": row["state"],
-        "stage": row["stage"],
-        "attempts": row["attempts"],
-        "error": row["error"],
-        "result": row["result"],
+        **picked(row, "kind", "state", "stage", "attempts", "error", "result"),
         "item_id": str(row["item_id"]) if row["item_id"] else None,
         "capsule_id": str(row["capsule_id"]) if row["capsule_id"] else None,
         **timestamps(row),

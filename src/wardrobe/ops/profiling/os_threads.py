@@ -6,8 +6,11 @@ A patched thread is a greenlet: it would only run when the hub is idle, so it co
 from __future__ import annotations
 
 import importlib
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 
 def _original(module: str, name: str) -> Any:
@@ -83,3 +86,57 @@ class Signal:
 
     def wait(self, timeout: float) -> bool:
         return self._lock.acquire(True, max(timeout, 0.0))
+
+
+class Handoff(Generic[T]):
+    """Items handed over from a sampler tick, which must never block, and handled one at a time on a real OS
+    thread of their own. A full queue drops the newest item: the tick never waits for disk or network."""
+
+    def __init__(self, queue_size: int) -> None:
+        self._queue: deque[T] = deque()
+        self._queue_size = queue_size
+        self._wake = Signal()
+        self._stop: RealEvent | None = None
+        self._finished: RealEvent | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._stop is not None and not self._stop.is_set()
+
+    def offer(self, item: T) -> bool:
+        if len(self._queue) >= self._queue_size:
+            return False
+        self._queue.append(item)
+        self._wake.notify()
+        return True
+
+    def start(self) -> None:
+        if not self.running:
+            self._stop = RealEvent()
+            self._finished = spawn(self._run)
+
+    def stop(self, timeout: float) -> None:
+        """Stop after handling what is queued, waiting at most `timeout` seconds."""
+        if self._stop is None:
+            return
+        self._stop.set()
+        self._wake.notify()
+        if self._finished is not None:
+            self._finished.wait(timeout)
+
+    def handle(self, item: T) -> float:
+        """Deal with one item; returns how long to pause before the next (0: none)."""
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        stop = self._stop
+        assert stop is not None
+        while True:
+            if not self._queue:
+                if stop.is_set():
+                    return
+                self._wake.wait(1.0)
+                continue
+            pause = self.handle(self._queue.popleft())
+            if pause and stop.wait(pause):
+                return

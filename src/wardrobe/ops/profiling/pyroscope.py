@@ -11,7 +11,6 @@ import math
 import re
 import urllib.error
 import urllib.request
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -72,7 +71,7 @@ class PushStats:
     last_error: str = ""
 
 
-class PyroscopePusher:
+class PyroscopePusher(os_threads.Handoff[Window]):
     def __init__(
         self,
         url: str,
@@ -91,56 +90,29 @@ class PyroscopePusher:
         self._timeout = timeout
         self._org_id = org_id
         self._spy_name = spy_name
-        self._queue: deque[Window] = deque()
-        self._queue_size = queue_size
-        self._wake = os_threads.Signal()
-        self._stop: os_threads.RealEvent | None = None
-        self._finished: os_threads.RealEvent | None = None
+        super().__init__(queue_size)
         self._backoff = 0.0
         self.stats = PushStats()
 
     def submit(self, window: Window) -> bool:
         """Queue a finished window; never blocks. False (and counted) when the queue is full."""
-        if len(self._queue) >= self._queue_size:
+        if not self.offer(window):
             self.stats.windows_dropped += 1
             return False
-        self._queue.append(window)
         self.stats.windows_queued += 1
-        self._wake.notify()
         return True
-
-    def start(self) -> None:
-        if self._stop is not None and not self._stop.is_set():
-            return
-        self._stop = os_threads.RealEvent()
-        self._finished = os_threads.spawn(self._run)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after trying to push what is queued, waiting at most `timeout` seconds."""
-        if self._stop is None:
-            return
-        self._stop.set()
-        self._wake.notify()
-        if self._finished is not None:
-            self._finished.wait(timeout)
+        super().stop(timeout)
 
-    def _run(self) -> None:
-        stop = self._stop
-        assert stop is not None
-        while True:
-            if not self._queue:
-                if stop.is_set():
-                    return
-                self._wake.wait(1.0)
-                continue
-            window = self._queue.popleft()
-            try:
-                self.push(window)
-            except Exception as error:
-                self.stats.last_error = repr(error)
-                log.exception("pushing a profile window failed")
-            if self._backoff and stop.wait(self._backoff):
-                return
+    def handle(self, window: Window) -> float:
+        try:
+            self.push(window)
+        except Exception as error:
+            self.stats.last_error = repr(error)
+            log.exception("pushing a profile window failed")
+        return self._backoff
 
     def requests_for(self, window: Window) -> list[tuple[str, bytes]]:
         """(url, folded body) for each profile type and tag set of the window."""

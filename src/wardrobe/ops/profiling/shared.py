@@ -17,7 +17,6 @@ import os
 import secrets
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -119,7 +118,7 @@ def decode(blob: bytes) -> Window:
     return window
 
 
-class SharedWindows:
+class SharedWindows(os_threads.Handoff[Window]):
     """This process's side of the shared directory: publishes its closed windows, reads everyone else's."""
 
     def __init__(
@@ -135,11 +134,7 @@ class SharedWindows:
         # Pids get reused: the token tells this process's files from a dead predecessor's with the same pid.
         self._token = secrets.token_hex(4)
         self._clock = clock
-        self._queue: deque[Window] = deque()
-        self._queue_size = queue_size
-        self._wake = os_threads.Signal()
-        self._stop: os_threads.RealEvent | None = None
-        self._finished: os_threads.RealEvent | None = None
+        super().__init__(queue_size)
         self._reported: set[str] = set()
         self.written = 0
         self.dropped = 0
@@ -147,7 +142,7 @@ class SharedWindows:
     # writing ---------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._stop is not None and not self._stop.is_set():
+        if self.running:
             return
         if os.getpid() != self.pid:  # built before a fork: the child must not pass for its parent
             self.pid, self._token = os.getpid(), secrets.token_hex(4)
@@ -157,45 +152,29 @@ class SharedWindows:
             # The worker must still serve (and profile itself) when the data dir is not writable.
             log.warning("profile windows not shared with the other workers: %s", exc)
             return
-        self._stop = os_threads.RealEvent()
-        self._finished = os_threads.spawn(self._run)
+        super().start()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop after writing what is queued (the window closed on stop included), waiting at most `timeout`."""
-        if self._stop is None:
-            return
-        self._stop.set()
-        self._wake.notify()
-        if self._finished is not None:
-            self._finished.wait(timeout)
+        super().stop(timeout)
 
     def submit(self, window: Window) -> bool:
         """The profiler's window listener: runs inside a sampler tick, so it only queues (never blocks)."""
         if not window.counts or self._stop is None:
             return False
-        if len(self._queue) >= self._queue_size:
+        if not self.offer(window):
             self.dropped += 1
             return False
-        self._queue.append(window)
-        self._wake.notify()
         return True
 
-    def _run(self) -> None:
-        stop = self._stop
-        assert stop is not None
-        while True:
-            if not self._queue:
-                if stop.is_set():
-                    return
-                self._wake.wait(1.0)
-                continue
-            window = self._queue.popleft()
-            try:
-                self.write(window)
-                self.sweep()
-            except Exception:
-                # Losing one window of the box view is all a full disk or a bad file may cost.
-                log.exception("sharing a profile window failed")
+    def handle(self, window: Window) -> float:
+        try:
+            self.write(window)
+            self.sweep()
+        except Exception:
+            # Losing one window of the box view is all a full disk or a bad file may cost.
+            log.exception("sharing a profile window failed")
+        return 0
 
     def write(self, window: Window) -> Path:
         name = f"{self.pid}-{self._token}-{int(window.start * 1000)}-{int(window.end * 1000)}{SUFFIX}"

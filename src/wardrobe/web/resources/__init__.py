@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import falcon
 
 from wardrobe.web.schemas import validation_errors
+
+if TYPE_CHECKING:
+    from wardrobe.web.reads import WardrobeReads
 
 _ASCII_NUMBER = re.compile(r"[0-9]{1,9}")
 
@@ -28,6 +32,30 @@ def json_body(req: falcon.Request, schema: dict[str, Any], *, optional: bool = F
     if errors:
         raise falcon.HTTPBadRequest(title="Invalid body", description="; ".join(errors))
     return body
+
+
+T = TypeVar("T")
+
+
+def found(row: T | None, what: str) -> T:
+    """The user's own row, or 404: another user's id answers exactly as an id that does not exist."""
+    if row is None:
+        raise falcon.HTTPNotFound(description=f"No such {what}.")
+    return row
+
+
+AfterCommit = Callable[[list[dict[str, Any]]], None]  # hands committed jobs to the queues
+Throttle = Callable[[falcon.Request, falcon.Response, str], None]  # a 429 past the user's limit for the rule
+
+
+class Collection:
+    """A list that accepts new work: pages come through the cached reads, writes are throttled per user, and the
+    jobs a write committed are handed to `after_commit` (the dispatcher) once the transaction is done."""
+
+    def __init__(self, after_commit: AfterCommit, reads: WardrobeReads, limit: Throttle) -> None:
+        self._after_commit = after_commit
+        self._reads = reads
+        self._limit = limit
 
 
 def page_limit(req: falcon.Request, default: int = 20, maximum: int = 100) -> int:

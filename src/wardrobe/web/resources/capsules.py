@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import falcon
 
 from wardrobe.store.capsules import Capsules
 from wardrobe.store.capsules import serialize as serialize_capsule
 from wardrobe.store.jobs import serialize as serialize_job
 from wardrobe.web.reads import WardrobeReads
-from wardrobe.web.resources import json_body, page_limit
+from wardrobe.web.resources import AfterCommit, Collection, Throttle, found, json_body, page_limit
 from wardrobe.web.schemas import CAPSULE_REQUEST
 
 
-class CapsuleCollection:
+class CapsuleCollection(Collection):
     def __init__(
-        self,
-        capsules: Capsules,
-        after_commit: Callable[[list[dict[str, Any]]], None],
-        reads: WardrobeReads,
-        limit: Callable[[falcon.Request, falcon.Response, str], None],
+        self, capsules: Capsules, after_commit: AfterCommit, reads: WardrobeReads, limit: Throttle
     ) -> None:
+        super().__init__(after_commit, reads, limit)
         self._capsules = capsules
-        self._after_commit = after_commit
-        self._reads = reads
-        self._limit = limit
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._reads.respond(
@@ -48,8 +39,5 @@ class Capsule:
         self._capsules = capsules
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, capsule_id: str) -> None:
-        found = self._capsules.get(req.context.user.id, capsule_id)
-        if found is None:
-            raise falcon.HTTPNotFound(description="No such capsule.")
-        row, wardrobe = found
+        row, wardrobe = found(self._capsules.get(req.context.user.id, capsule_id), "capsule")
         resp.media = serialize_capsule(row, wardrobe)

@@ -13,34 +13,40 @@ from wardrobe.store.items import Items
 from wardrobe.store.items import serialize as serialize_item
 from wardrobe.store.jobs import serialize as serialize_job
 from wardrobe.web.reads import WardrobeReads
-from wardrobe.web.resources import choice_param, json_body, page_limit
+from wardrobe.web.resources import (
+    AfterCommit,
+    Collection,
+    Throttle,
+    choice_param,
+    found,
+    json_body,
+    page_limit,
+)
 from wardrobe.web.schemas import CATEGORIES, ITEM_PATCH, SEASONS
 
 FORM_FIELD_LIMITS = {"category": 32, "brand": 64, "notes": 2000}
 CHUNK = 64 * 1024
 
 
-class ItemCollection:
+class ItemCollection(Collection):
     def __init__(
         self,
         items: Items,
         store: ImageStore,
+        after_commit: AfterCommit,
+        reads: WardrobeReads,
+        limit: Throttle,
         *,
         max_upload_bytes: int,
         max_image_pixels: int,
         offload: Callable[..., Any],
-        after_commit: Callable[[list[dict[str, Any]]], None],
-        reads: WardrobeReads,
-        limit: Callable[[falcon.Request, falcon.Response, str], None],
     ) -> None:
-        self._reads = reads
-        self._limit = limit
+        super().__init__(after_commit, reads, limit)
         self._items = items
         self._store = store
         self._max_bytes = max_upload_bytes
         self._max_pixels = max_image_pixels
         self._offload = offload
-        self._after_commit = after_commit
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         params = {
@@ -101,22 +107,16 @@ class Item:
         self._items = items
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, item_id: str) -> None:
-        resp.media = serialize_item(self._found(self._items.get(req.context.user.id, item_id)))
+        resp.media = serialize_item(found(self._items.get(req.context.user.id, item_id), "item"))
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, item_id: str) -> None:
         changes = json_body(req, ITEM_PATCH)
-        resp.media = serialize_item(self._found(self._items.update(req.context.user.id, item_id, changes)))
+        resp.media = serialize_item(found(self._items.update(req.context.user.id, item_id, changes), "item"))
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, item_id: str) -> None:
         if not self._items.delete(req.context.user.id, item_id):
             raise falcon.HTTPNotFound(description="No such item.")
         resp.status = falcon.HTTP_204
-
-    @staticmethod
-    def _found(row: dict[str, Any] | None) -> dict[str, Any]:
-        if row is None:
-            raise falcon.HTTPNotFound(description="No such item.")
-        return row
 
 
 def _too_large(limit: int) -> falcon.HTTPContentTooLarge:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon
 
 from wardrobe.store.jobs import Jobs, serialize
+from wardrobe.web.resources import found
 
 
 class Job:
@@ -12,8 +13,6 @@ class Job:
         self._jobs = jobs
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        row = self._jobs.get(req.context.user.id, job_id)
-        if row is None:
-            raise falcon.HTTPNotFound(description="No such job.")
+        row = found(self._jobs.get(req.context.user.id, job_id), "job")
         resp.media = {**serialize(row), "queue": self._jobs.cutout_queue(row)}
         resp.cache_control = ["private", "no-cache"]
