@@ -25,14 +25,15 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from bench.capacity import results_of
-from bench.micro import BIN, ROOT, Child, _children, _proc_cpu, free_port, wait_until
-from bench.report import machine
+from bench.procfs import children, proc_cpu
+from bench.report import machine, md_table
+from bench.stack import start_isolated
+from harness.processes import ROOT, Child, free_port, gunicorn_argv, wait_http
 
 RESULTS = ROOT / "bench" / "results"
 VARIANTS = {
@@ -52,36 +53,23 @@ def _raise_fd_limit() -> None:
 
 
 def _worker_pid(master: int) -> int:
-    children = _children(master)
-    if len(children) != 1:
-        raise RuntimeError(f"expected one gunicorn worker under {master}, found {children}")
-    return children[0]
+    workers = children(master)
+    if len(workers) != 1:
+        raise RuntimeError(f"expected one gunicorn worker under {master}, found {workers}")
+    return workers[0]
 
 
 def start_server(name: str, worker_class: str, log_dir: Path) -> tuple[Child, str, int]:
     port = free_port()
-    argv = [
-        str(BIN / "gunicorn"),
-        "-c",
-        str(ROOT / "bench/floor.conf.py"),
-        "-k",
-        worker_class,
-        "-b",
-        f"127.0.0.1:{port}",
-    ]
-    child = Child(argv, {}, log_dir / f"floor-{name}.log")
+    argv = gunicorn_argv("bench/floor.conf.py", "-k", worker_class, "-b", f"127.0.0.1:{port}")
+    child = start_isolated(argv, {}, log_dir / f"floor-{name}.log")
     url = f"http://127.0.0.1:{port}/"
-
-    def answers() -> bool:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
-
-    wait_until(answers, f"gunicorn {name}", 30, child)
-    return child, url, _worker_pid(child.proc.pid)
+    wait_http(url, 30, child)
+    return child, url, _worker_pid(child.pid)
 
 
 def drive(url: str, worker: int, seconds: float, connections: int) -> dict[str, float]:
-    started = _proc_cpu(worker, children=False)
+    started = proc_cpu(worker, children=False)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", url],
         capture_output=True,
@@ -89,7 +77,7 @@ def drive(url: str, worker: int, seconds: float, connections: int) -> dict[str, 
         check=True,
         preexec_fn=_raise_fd_limit,
     ).stdout
-    cpu = _proc_cpu(worker, children=False) - started
+    cpu = proc_cpu(worker, children=False) - started
     found = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
     if not found:
         raise RuntimeError(f"wrk printed no request count:\n{out}")
@@ -238,14 +226,21 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Measured: a WSGI app that answers a constant JSON body",
         "",
-        "| server | CPU per request (median) | range | req/s (median) | failed |",
-        "|---|---:|---|---:|---:|",
+        *md_table(
+            ["server", "CPU per request (median)", "range", "req/s (median)", "failed"],
+            "lrlrr",
+            [
+                [
+                    name,
+                    f"{v['median_cpu_ms_per_request']:.3f} ms",
+                    f"{v['range'][0]:.3f}-{v['range'][1]:.3f}",
+                    f"{v['median_rps']:,.0f}",
+                    v["failed"],
+                ]
+                for name, v in floor["variants"].items()
+            ],
+        ),
     ]
-    for name, v in floor["variants"].items():
-        lines.append(
-            f"| {name} | {v['median_cpu_ms_per_request']:.3f} ms | {v['range'][0]:.3f}-{v['range'][1]:.3f} "
-            f"| {v['median_rps']:,.0f} | {v['failed']} |"
-        )
     ratio = floor["pywsgi_over_gevent"]
     lines += [
         "",
@@ -279,10 +274,8 @@ def _budget_lines(b: dict[str, Any], floor_ms: float) -> list[str]:
         + ", ".join(f"{k} {v:.0f} ms" for k, v in b["per_upload_ms"].items())
         + f". The API itself cost {b['api_ms_per_request_measured']:.3f} ms a request in that run.",
         "",
-        "| target | users | req/s | uploads/s | other work (cores) | left for the API (cores) "
-        "| API CPU a request may cost | over the floor? | the API's measured cost against it |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
+    rows = []
     for label, t in b["targets"].items():
         allowed = t["api_ms_per_request_allowed"]
         fits = "yes" if allowed > floor_ms else "**no**"
@@ -290,12 +283,31 @@ def _budget_lines(b: dict[str, Any], floor_ms: float) -> list[str]:
         against = f"{measured / allowed:.1f}x over" if allowed > 0 else "nothing left"
         if 0 < allowed and measured <= allowed:
             against = "fits"
-        lines.append(
-            f"| {label} | {t['users']:,} | {t['rps']:,} | {t['uploads_per_s']:.2f} | {t['other_cores']:.2f} "
-            f"| {t['cores_left_for_api']:.2f} | {allowed:.3f} ms | {fits} (floor {floor_ms:.3f} ms) "
-            f"| {measured:.3f} ms: {against} |"
+        rows.append(
+            [
+                label,
+                f"{t['users']:,}",
+                f"{t['rps']:,}",
+                f"{t['uploads_per_s']:.2f}",
+                f"{t['other_cores']:.2f}",
+                f"{t['cores_left_for_api']:.2f}",
+                f"{allowed:.3f} ms",
+                f"{fits} (floor {floor_ms:.3f} ms)",
+                f"{measured:.3f} ms: {against}",
+            ]
         )
-    return lines
+    columns = [
+        "target",
+        "users",
+        "req/s",
+        "uploads/s",
+        "other work (cores)",
+        "left for the API (cores)",
+        "API CPU a request may cost",
+        "over the floor?",
+        "the API's measured cost against it",
+    ]
+    return lines + md_table(columns, "lrrrrrrll", rows)
 
 
 def main(argv: list[str] | None = None) -> int:

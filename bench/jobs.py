@@ -76,6 +76,24 @@ def _progress(dsn: str, item_ids: list[str]) -> tuple[int, int, int]:
         conn.close()
 
 
+CUT, READY, FAILED = 0, 1, 2  # what _progress counts
+
+
+def _poll(
+    dsn: str, item_ids: list[str], column: int, since: float, timeout: float
+) -> list[tuple[float, tuple[int, int, int]]]:
+    """(time, _progress) every 0.5 s until `column` and the failed together count every item, or until `timeout`
+    s after `since`."""
+    polls = []
+    while time.time() - since < timeout:
+        counts = _progress(dsn, item_ids)
+        polls.append((time.time(), counts))
+        if counts[column] + counts[FAILED] >= len(item_ids):
+            break
+        time.sleep(0.5)
+    return polls
+
+
 def _rate(points: list[tuple[float, int]], total: int) -> float | None:
     """Items per second between the first and the last change of a cumulative count."""
     moving = [(t, n) for t, n in points if 0 < n]
@@ -130,26 +148,16 @@ def run(count: int, rpm: int, options: Options, timeout: float) -> dict[str, Any
                 ]
                 item_ids = [f.result() for f in futures]
             uploaded = time.time()
-            cutouts: list[tuple[float, int]] = []
-            ready: list[tuple[float, int]] = []
-            failed = 0
-            while time.time() - started < timeout:
-                cut, done, failed = _progress(options.dsn, item_ids)
-                cutouts.append((time.time(), cut))
-                if cut + failed >= count:
-                    break
-                time.sleep(0.5)
+            cut_polls = _poll(options.dsn, item_ids, CUT, started, timeout)
             images_done = time.time()
             stack.start_worker("ai")
-            while time.time() - started < timeout:
-                cut, done, failed = _progress(options.dsn, item_ids)
-                ready.append((time.time(), done))
-                if done + failed >= count:
-                    break
-                time.sleep(0.5)
+            ready_polls = _poll(options.dsn, item_ids, READY, started, timeout)
             finished = time.time()
             sampler.stop()
             problems = stack.check_alive()
+    cutouts = [(t, counts[CUT]) for t, counts in cut_polls]
+    ready = [(t, counts[READY]) for t, counts in ready_polls]
+    failed = ([*cut_polls, *ready_polls] or [(0.0, (0, 0, 0))])[-1][1][FAILED]
     images_per_s = _rate(cutouts, count)
     analyses_per_s = _rate(ready, count)
     procs = sampler.summary(started, images_done)
@@ -226,12 +234,8 @@ def steady(
                     )
                 item_ids = [f.result() for f in futures]
             arrivals_end = time.time()
-            done = failed = 0
-            while time.time() - arrivals_end < timeout:
-                _, done, failed = _progress(options.dsn, item_ids)
-                if done + failed >= len(item_ids):
-                    break
-                time.sleep(0.5)
+            polls = _poll(options.dsn, item_ids, READY, arrivals_end, timeout)
+            _, done, failed = polls[-1][1] if polls else (0, 0, 0)
             finished = time.time()
             sampler.stop()
             problems = stack.check_alive()

@@ -6,6 +6,7 @@ import collections
 import json
 import math
 import platform
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,12 +177,31 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def md_table(columns: list[str], align: str, rows: Iterable[Sequence[Any]]) -> list[str]:
+    """The lines of a Markdown table; `align` has a letter per column: l (left) or r (right)."""
+    rule = {"l": "---", "r": "---:"}
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join(rule[a] for a in align) + "|",
+        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
+    ]
+
+
+def _latency_row(label: str, e: dict[str, Any]) -> list[Any]:
+    return [label, e["requests"], e["failures"], e["rps"], *(_ms(e[k]) for k in ("p50", "p95", "p99", "max"))]
+
+
+def _job_row(label: str, j: dict[str, Any]) -> list[Any]:
+    return [label, j["count"], j["failed"], j["p50"], j["p95"], j["max"]]
+
+
 def _catchup(seconds: float | None) -> str:
     return f"up to nice 0 while cutouts wait over {seconds:g} s" if seconds else "no catch-up"
 
 
 def markdown(result: dict[str, Any], chart_name: str) -> str:
     lat, params, v = result["latency"], result["params"], result["verdict"]
+    db = result.get("jobs_db") or {}
     lines = [
         f"# {result['name']}: {params['users']} users against {result['target']}",
         "",
@@ -216,34 +236,26 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
         "",
         f"![latency and throughput]({chart_name})",
         "",
-        "| endpoint | requests | failures | req/s | p50 ms | p95 ms | p99 ms | max ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for key, e in lat["endpoints"].items():
-        lines.append(
-            f"| `{key}` | {e['requests']} | {e['failures']} | {e['rps']} | {_ms(e['p50'])} | {_ms(e['p95'])} "
-            f"| {_ms(e['p99'])} | {_ms(e['max'])} |"
-        )
-    o = lat["overall"]
-    lines.append(
-        f"| **all HTTP** | {o['requests']} | {o['failures']} | {o['rps']} | {_ms(o['p50'])} | {_ms(o['p95'])} "
-        f"| {_ms(o['p99'])} | {_ms(o['max'])} |"
-    )
-    lines += [
+        *md_table(
+            ["endpoint", "requests", "failures", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms"],
+            "lrrrrrrr",
+            [
+                *(_latency_row(f"`{key}`", e) for key, e in lat["endpoints"].items()),
+                _latency_row("**all HTTP**", lat["overall"]),
+            ],
+        ),
         "",
         "## Jobs",
         "",
-        "| wait (as the user sees it) | count | failed | p50 s | p95 s | max s |",
-        "|---|---:|---:|---:|---:|---:|",
+        *md_table(
+            ["wait (as the user sees it)", "count", "failed", "p50 s", "p95 s", "max s"],
+            "lrrrrr",
+            [
+                *(_job_row(name, j) for name, j in lat["jobs_client"].items()),
+                *(_job_row(f"{kind} (jobs table: created→finished)", j) for kind, j in db.items()),
+            ],
+        ),
     ]
-    for name, j in lat["jobs_client"].items():
-        lines.append(f"| {name} | {j['count']} | {j['failed']} | {j['p50']} | {j['p95']} | {j['max']} |")
-    db = result.get("jobs_db") or {}
-    for kind, j in db.items():
-        lines.append(
-            f"| {kind} (jobs table: created→finished) | {j['count']} | {j['failed']} | {j['p50']} | {j['p95']} "
-            f"| {j['max']} |"
-        )
     q = result.get("queue") or {}
     if q:
         lines += [
@@ -265,18 +277,25 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
         f"{result['processes'].get('unaccounted_share', 0) or 0:.0%} by processes this run did not start (other "
         "work on the machine). The load generator runs on the same machine: its share is the `locust` row.",
         "",
-        "| process | count | CPU (cores) | share of machine | RSS mean MB | RSS peak MB |",
-        "|---|---:|---:|---:|---:|---:|",
+        *md_table(
+            ["process", "count", "CPU (cores)", "share of machine", "RSS mean MB", "RSS peak MB"],
+            "lrrrrr",
+            [
+                [
+                    role,
+                    p["processes"],
+                    f"{p['cpu_cores']:.2f}",
+                    f"{p['cpu_share']:.1%}",
+                    p["rss_mb_mean"],
+                    p["rss_mb_peak"],
+                ]
+                for role, p in sorted(result["processes"].get("roles", {}).items())
+            ],
+        ),
     ]
-    for role, p in sorted(result["processes"].get("roles", {}).items()):
-        lines.append(
-            f"| {role} | {p['processes']} | {p['cpu_cores']:.2f} | {p['cpu_share']:.1%} | {p['rss_mb_mean']} "
-            f"| {p['rss_mb_peak']} |"
-        )
     if lat["errors"]["kinds"]:
-        lines += ["", "## Errors", "", "| type | name | error | count |", "|---|---|---|---:|"]
-        for e in lat["errors"]["kinds"]:
-            lines.append(f"| {e['type']} | `{e['name']}` | {e['error']} | {e['count']} |")
+        rows = [[e["type"], f"`{e['name']}`", e["error"], e["count"]] for e in lat["errors"]["kinds"]]
+        lines += ["", "## Errors", "", *md_table(["type", "name", "error", "count"], "lllr", rows)]
     if result.get("notes"):
         lines += ["", "## Notes", "", *[f"- {n}" for n in result["notes"]]]
     return "\n".join(lines) + "\n"

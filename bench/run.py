@@ -24,7 +24,8 @@ from typing import Any
 
 from bench import report, seed
 from bench.sampling import ProcessSampler, QueueSampler, scrape_cache_counts
-from bench.stack import BIN, ROOT, STACKS, Stack, StackSettings
+from bench.stack import STACKS, Stack, StackSettings
+from harness.processes import BIN, ROOT, Child
 from tasks.cutout.removal import PRECISIONS, engine_for, resolve_precision
 
 RESULTS = ROOT / "bench" / "results"
@@ -194,29 +195,17 @@ def measure(
         file=sys.stderr,
     )
     try:
-        with log_path.open("ab") as log:
-            started = time.time()
-            proc = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                process_group=0,  # same session as the stack: one scheduler autogroup
-            )
-            locust_pid["locust"] = proc.pid
-            try:
-                time.sleep(max(0.0, started + STARTUP_SECONDS + ramp + SETTLE_SECONDS - time.time()))
-                cache_before = scrape_cache_counts(stack.base_url) if target == "wardrobe" else None
-                proc.wait(timeout=ramp + SETTLE_SECONDS + duration + TAIL_SECONDS + 120)
-            except BaseException:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(10)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                raise
+        started = time.time()
+        # Same session as the stack (one scheduler autogroup), a process group of its own.
+        locust = Child(argv, {"PYTHONPATH": str(ROOT)}, log_path, name="locust", append=True, session=False)
+        locust_pid["locust"] = locust.pid
+        try:
+            time.sleep(max(0.0, started + STARTUP_SECONDS + ramp + SETTLE_SECONDS - time.time()))
+            cache_before = scrape_cache_counts(stack.base_url) if target == "wardrobe" else None
+            locust.proc.wait(timeout=ramp + SETTLE_SECONDS + duration + TAIL_SECONDS + 120)
+        except BaseException:
+            locust.stop(timeout=10)
+            raise
         cache_after = scrape_cache_counts(stack.base_url) if target == "wardrobe" else None
     finally:
         sampler.stop()

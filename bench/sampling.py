@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from typing import Self
 
 import psutil
 
@@ -18,18 +19,18 @@ import psutil
 EXTERNAL = {"postgres": ("postgres",), "redis": ("redis-server",)}
 
 
-class ProcessSampler:
-    def __init__(self, roles: Callable[[], dict[str, int]], interval: float = 1.0) -> None:
-        self._roles = roles
+class _Sampler:
+    """Samples from a daemon thread of its own, every `interval` s, from start() until stop()."""
+
+    thread_name = "sampler"
+
+    def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._cpu: dict[str, dict[int, float]] = {}  # role -> pid -> latest cumulative CPU seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.samples: list[dict] = []  # {"t", "cpu": {role: cumulative s}, "rss": {role: bytes}, "busy": s}
 
-    def start(self) -> ProcessSampler:
-        self._thread = threading.Thread(target=self._run, name="process-sampler", daemon=True)
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
         return self
 
@@ -37,6 +38,20 @@ class ProcessSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class ProcessSampler(_Sampler):
+    thread_name = "process-sampler"
+
+    def __init__(self, roles: Callable[[], dict[str, int]], interval: float = 1.0) -> None:
+        super().__init__(interval)
+        self._roles = roles
+        self._cpu: dict[str, dict[int, float]] = {}  # role -> pid -> latest cumulative CPU seconds
+        self._lock = threading.Lock()
+        self.samples: list[dict] = []  # {"t", "cpu": {role: cumulative s}, "rss": {role: bytes}, "busy": s}
 
     def _tree(self) -> dict[str, list[psutil.Process]]:
         trees: dict[str, list[psutil.Process]] = {}
@@ -143,25 +158,15 @@ class ProcessSampler:
         }
 
 
-class QueueSampler:
+class QueueSampler(_Sampler):
     """Jobs waiting in Postgres (the source of truth): how many, and how long the oldest has waited."""
 
+    thread_name = "queue-sampler"
+
     def __init__(self, dsn: str, interval: float = 2.0) -> None:
+        super().__init__(interval)
         self._dsn = dsn
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.samples: list[dict] = []
-
-    def start(self) -> QueueSampler:
-        self._thread = threading.Thread(target=self._run, name="queue-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
 
     def _run(self) -> None:
         import psycopg2

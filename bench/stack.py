@@ -1,4 +1,5 @@
-"""Starts and stops what a benchmark runs against: the Wardrobe stack or the original-architecture baseline.
+"""Starts and stops what a benchmark runs against: the Wardrobe stack or the original-architecture baseline, and
+(`start_isolated`) the gunicorns and memcached of the same-run A/B benches and of the floor.
 
 Postgres and Redis are the machine's own (assumed running); everything else is started here, each in its own
 process group so that stopping it takes its children too, and stopped again even when the run fails.
@@ -9,68 +10,32 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from harness.processes import (
+    ROOT,
+    Child,
+    free_port,
+    gunicorn_argv,
+    memcached_argv,
+    wait_http,
+    wait_port,
+    worker_argv,
+)
+
 BENCH_BOT_TOKEN = "7000000000:BENCH-bot-token-for-load-tests-only"
 OPENAI_KEY = "sk-bench-local"
+# Settings a developer's shell might export that would make an isolated child differ from what a run says.
+_INHERITED_PREFIXES = ("WARDROBE_", "GUNICORN_", "PROMETHEUS_MULTIPROC_DIR")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status < 500:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
-def wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
-@dataclasses.dataclass
-class Started:
-    role: str
-    proc: subprocess.Popen
-    log: Path
-    stop_signal: int = signal.SIGTERM
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, self.stop_signal)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
+def start_isolated(argv: list[str], env: dict[str, str], log: Path) -> Child:
+    """A child of a micro-benchmark: in its own session (the terminal's Ctrl-C reaches only the bench), stopped
+    with its whole group (SIGKILL after 15 s), sent SIGTERM should the bench die first, and given none of the
+    WARDROBE_/GUNICORN_ settings of the shell it was started from."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_PREFIXES)}
+    return Child(argv, env, log, environ=environ, stop_timeout=15.0, die_with_parent=True)
 
 
 @dataclasses.dataclass
@@ -101,7 +66,7 @@ class Stack:
 
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
-        self.started: list[Started] = []
+        self.started: list[Child] = []
         self.base_url = ""
         self.openai_url = ""
         settings.log_dir.mkdir(parents=True, exist_ok=True)
@@ -120,21 +85,18 @@ class Stack:
 
     def spawn(
         self, role: str, argv: list[str], env: dict[str, str], stop_signal: int = signal.SIGTERM
-    ) -> Started:
-        log = self.settings.log_dir / f"{role}.log"
-        handle = log.open("ab")
-        proc = subprocess.Popen(
+    ) -> Child:
+        started = Child(
             argv,
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=handle,
-            stderr=subprocess.STDOUT,
+            env,
+            self.settings.log_dir / f"{role}.log",
+            name=role,
+            append=True,
             # Own process group (stopped as one) but the same session: one autogroup for the whole bench, so
             # the scheduler honours the workers' nice against the API as it does under `make run`.
-            process_group=0,
+            session=False,
+            stop_signal=stop_signal,
         )
-        handle.close()
-        started = Started(role, proc, log, stop_signal)
         self.started.append(started)
         return started
 
@@ -171,12 +133,10 @@ class Stack:
         self.started.clear()
 
     def roles(self) -> dict[str, int]:
-        return {s.role: s.proc.pid for s in self.started if s.proc.poll() is None}
+        return {s.name: s.pid for s in self.started if s.alive()}
 
     def check_alive(self) -> list[str]:
-        return [
-            f"{s.role} exited with {s.proc.returncode}" for s in self.started if s.proc.poll() is not None
-        ]
+        return [f"{s.name} exited with {s.proc.returncode}" for s in self.started if not s.alive()]
 
     def start(self) -> None:
         raise NotImplementedError
@@ -213,25 +173,7 @@ class WardrobeStack(Stack):
 
         redis.Redis.from_url(self.settings.redis_url).flushdb()  # only the bench's own database index
         self.memcached_port = free_port()
-        self.spawn(
-            "memcached",
-            [
-                "memcached",
-                "-u",
-                "root",
-                "-l",
-                "127.0.0.1",
-                "-p",
-                str(self.memcached_port),
-                "-m",
-                "256",
-                "-c",
-                "16384",
-                "-t",
-                "2",
-            ],
-            {},
-        )
+        self.spawn("memcached", memcached_argv(self.memcached_port, 256, "-c", "16384", "-t", "2"), {})
         wait_port(self.memcached_port, 10)
         self.start_openai()
         self.api_port = free_port()
@@ -240,9 +182,9 @@ class WardrobeStack(Stack):
             self.start_worker("images")
             if not self.settings.defer_ai_worker:
                 self.start_worker("ai")
-        api = self.spawn("api", [str(BIN / "gunicorn"), "-c", str(ROOT / "conf/gunicorn.conf.py")], env)
+        api = self.spawn("api", gunicorn_argv(), env)
         self.base_url = f"http://127.0.0.1:{self.api_port}"
-        wait_http(self.base_url + "/healthz", 60, api.proc)
+        wait_http(self.base_url + "/healthz", 60, api)
 
     def start_worker(self, queue: str) -> None:
         # As scripts/run.sh does on a shared box: a backlog of images must not slow requests.
@@ -251,9 +193,7 @@ class WardrobeStack(Stack):
         extra = (
             [] if queue == "images" else ["--no-periodic"]
         )  # one reaper per box, beside the images consumer
-        self.spawn(
-            f"worker-{queue}", [*nice, str(BIN / "wardrobe-worker"), queue, *extra], self.env(), signal.SIGINT
-        )
+        self.spawn(f"worker-{queue}", [*nice, *worker_argv(queue, *extra)], self.env(), signal.SIGINT)
 
 
 class BaselineStack(Stack):
@@ -274,11 +214,9 @@ class BaselineStack(Stack):
             "BASELINE_BIND": f"127.0.0.1:{self.api_port}",
             "U2NET_HOME": str(s.u2net_home),
         }
-        api = self.spawn(
-            "api", [str(BIN / "gunicorn"), "-c", str(ROOT / "bench/baseline/gunicorn.conf.py")], env
-        )
+        api = self.spawn("api", gunicorn_argv("bench/baseline/gunicorn.conf.py"), env)
         self.base_url = f"http://127.0.0.1:{self.api_port}"
-        wait_http(self.base_url + "/healthz", 120, api.proc)
+        wait_http(self.base_url + "/healthz", 120, api)
 
 
 STACKS = {"wardrobe": WardrobeStack, "baseline": BaselineStack}

@@ -1,74 +1,35 @@
-"""Start real processes for integration tests (gunicorn, consumers) and wait until they answer."""
+"""Real processes for integration tests (gunicorn, consumers, a private redis-server, memcached), started and
+waited for with the helpers the benchmarks use too (harness.processes), and a flushed database of the machine's
+own Redis (`local_redis`)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+import redis
 
+from harness import processes as harness
+from harness.processes import ROOT, free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["ROOT", "Memcached", "Process", "RedisServer", "free_port", "gunicorn", "local_redis", "worker"]
 
-
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status < 500:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
-
-
-class Process:
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._handle = log.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=self._handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._handle.close()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+# A test's process: its own session, output in a fresh log file; stop(sig=SIGTERM, timeout=20) takes its group.
+Process = harness.Child
 
 
 def gunicorn(env: dict[str, str], log: Path, workers: int = 2) -> tuple[Process, str]:
     port = free_port()
     env = {**env, "WARDROBE_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": str(workers)}
-    proc = Process([str(BIN / "gunicorn"), "-c", str(ROOT / "conf/gunicorn.conf.py")], env, log)
+    proc = Process(harness.gunicorn_argv(), env, log)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_http(base + "/healthz", proc=proc.proc)
+        harness.wait_http(base + "/healthz", proc=proc.proc)
     except Exception:
         proc.stop()
         raise RuntimeError(proc.output()[-4000:]) from None
@@ -115,7 +76,7 @@ class RedisServer:
 
 
 def worker(queue: str, env: dict[str, str], log: Path, *extra: str) -> Process:
-    return Process([str(BIN / "wardrobe-worker"), queue, *extra], env, log)
+    return Process(harness.worker_argv(queue, *extra), env, log)
 
 
 class Memcached:
@@ -127,20 +88,27 @@ class Memcached:
         self._process: subprocess.Popen | None = None
 
     def start(self) -> Memcached:
-        self._process = subprocess.Popen(
-            ["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(self.port), "-m", "16"]
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"memcached did not start on port {self.port}")
+        self._process = subprocess.Popen(harness.memcached_argv(self.port, 16))
+        try:
+            harness.wait_port(self.port, 10)
+        except TimeoutError:
+            raise RuntimeError(f"memcached did not start on port {self.port}") from None
+        return self
 
     def kill(self) -> None:
         if self._process is not None:
             self._process.kill()
             self._process.wait(timeout=10)
             self._process = None
+
+
+@contextmanager
+def local_redis(db: int) -> Iterator[redis.Redis]:
+    """A client of one database of the machine's own Redis, flushed before and after."""
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()

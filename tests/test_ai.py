@@ -14,6 +14,7 @@ import openai
 import pytest
 import redis
 from PIL import Image, ImageDraw
+from processes import local_redis
 
 from tasks.analysis.ai import (
     CATEGORIES,
@@ -61,11 +62,8 @@ def shirt_png(body=(200, 25, 35), trousers=None) -> bytes:
 
 @pytest.fixture
 def redis_db():
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with local_redis(REDIS_DB) as client:
+        yield client
 
 
 @pytest.fixture

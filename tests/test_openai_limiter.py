@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import redis
+from processes import local_redis
 
 from tasks.analysis.openai_keys import NoBudget, OpenAIKeyPool, key_alias, parse_go_duration
 
@@ -16,11 +17,8 @@ REDIS_DB = 5
 
 @pytest.fixture
 def redis_db():
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with local_redis(REDIS_DB) as client:
+        yield client
 
 
 @pytest.fixture

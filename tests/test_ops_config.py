@@ -11,17 +11,17 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+
+from harness.processes import free_port, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -67,12 +67,6 @@ def needs(tool):
     return pytest.mark.skipif(
         not (path.exists() and os.access(path, os.X_OK)), reason=f"{tool} is not installed"
     )
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(args, **kwargs):
@@ -234,16 +228,11 @@ def local_nginx(nginx_prefix, backend):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"nginx did not start: {proc.communicate()[1].decode()}") from None
-            time.sleep(0.05)
+    try:
+        wait_port(port, 10, proc)
+    except (RuntimeError, TimeoutError):
+        proc.kill()
+        raise RuntimeError(f"nginx did not start: {proc.communicate()[1].decode()}") from None
     yield port
     proc.terminate()
     try:

@@ -37,6 +37,7 @@ from wardrobe.store.items import EDITABLE, ITEM_COLUMNS
 from wardrobe.store.items import serialize as serialize_item
 from wardrobe.store.jobs import JOB_COLUMNS
 from wardrobe.store.jobs import serialize as serialize_job
+from wardrobe.store.users import serialize as serialize_user
 from wardrobe.web import schemas
 from wardrobe.web.auth import AuthError, InitDataValidator
 
@@ -161,7 +162,7 @@ def create_app(settings: Settings) -> Flask:
     @app.get("/api/v1/me")
     def me():
         row = res.run(lambda cur: _one(cur, "SELECT * FROM users WHERE id = %s", (g.user_id,)))
-        return _profile(row)
+        return serialize_user(row)
 
     @app.patch("/api/v1/me")
     def patch_me():
@@ -179,7 +180,7 @@ def create_app(settings: Settings) -> Flask:
                 (body.get("display_name"), psycopg2.extras.Json(prefs), g.user_id),
             )
         )
-        return _profile(row)
+        return serialize_user(row)
 
     @app.get("/api/v1/items")
     def list_items():
@@ -411,16 +412,6 @@ def _one(cur, sql: str, params: Any) -> dict | None:
 def _all(cur, sql: str, params: Any) -> list[dict]:
     cur.execute(sql, params)
     return cur.fetchall()
-
-
-def _profile(row: dict) -> dict:
-    return {
-        "id": row["id"],
-        "display_name": row["display_name"],
-        "username": row["username"],
-        "preferences": row["profile"],
-        "created_at": row["created_at"].isoformat(),
-    }
 
 
 def _done_job(cur, user_id: int, kind: str, stage: str, **ref: Any) -> dict:

@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.local_http import LocalHTTPServer, QuietHandler
 
 DEFAULT_BRANDS = ["Nike", "Nike ACG", "Nikon Apparel", "Adidas", "Zara", "Upstream Only Label"]
 MODES = ("normal", "sleep", "error", "garbage", "huge", "huge_unsized", "trickle", "body")
 
 
-class BrandServer:
+class BrandServer(LocalHTTPServer):
     """Threaded HTTP server on 127.0.0.1 with a settable failure mode and a request counter."""
 
     def __init__(self, brands: list[str] | None = None, port: int = 0):
@@ -30,14 +31,7 @@ class BrandServer:
         self.queries: list[str] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__init__(port)
 
     @property
     def requests(self) -> int:
@@ -51,22 +45,9 @@ class BrandServer:
             self.mode, self.delay = mode, delay
             self.queries.clear()
 
-    def start(self) -> BrandServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05})
-        self._thread.daemon = True
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> BrandServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
 
     def _answer(self, q: str) -> bytes:
         matches = [name for name in self.brands if q.casefold() in name.casefold()]
@@ -75,16 +56,11 @@ class BrandServer:
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 if url.path != "/brands":
-                    self._send(404, b'{"error": "not found"}')
+                    self.send_body(404, b'{"error": "not found"}')
                     return
                 q = parse_qs(url.query).get("q", [""])[0]
                 with server._lock:
@@ -98,15 +74,15 @@ class BrandServer:
             def _respond(self, mode: str, delay: float, q: str) -> None:
                 if mode == "sleep":
                     server._stopping.wait(delay)
-                    self._send(200, server._answer(q))
+                    self.send_body(200, server._answer(q))
                 elif mode == "error":
-                    self._send(500, b'{"error": "internal"}')
+                    self.send_body(500, b'{"error": "internal"}')
                 elif mode == "body":
-                    self._send(200, server.body)
+                    self.send_body(200, server.body)
                 elif mode == "garbage":
-                    self._send(200, b"<html>\x00\xff not json")
+                    self.send_body(200, b"<html>\x00\xff not json")
                 elif mode == "huge":
-                    self._send(200, b'{"brands": [' + b'{"name": "Padding"},' * 200_000 + b"]}")
+                    self.send_body(200, b'{"brands": [' + b'{"name": "Padding"},' * 200_000 + b"]}")
                 elif mode == "huge_unsized":
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
@@ -120,14 +96,7 @@ class BrandServer:
                     if mode == "trickle":
                         self._trickle(body)
                     else:
-                        self._send(200, body)
-
-            def _send(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                        self.send_body(200, body)
 
             def _trickle(self, body: bytes) -> None:
                 self.send_response(200)
@@ -152,13 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     fake = BrandServer(port=args.port)
     fake.reset(args.mode, args.delay)
-    print(f"brand API fake on {fake.url} in mode {args.mode}")
-    fake.start()
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        fake.stop()
+    fake.serve_until_interrupted(f"brand API fake on {fake.url} in mode {args.mode}")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.local_http import LocalHTTPServer, QuietHandler
 
 PROFILE_TYPES = {
     "cpu", "wall", "itimer", "inuse_objects", "alloc_objects", "inuse_space", "alloc_space",
@@ -77,32 +78,18 @@ def parse_folded(body: bytes) -> dict[str, int]:
     return stacks
 
 
-class PyroscopeServer:
+class PyroscopeServer(LocalHTTPServer):
     def __init__(self, port: int = 0) -> None:
         self.ingests: list[Ingest] = []
         self.rejections: list[tuple[int, str]] = []
         self.status: int | None = None  # force this answer (after validation passed)
         self.hang = 0.0  # seconds to stall before answering
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> PyroscopeServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05})
-        self._thread.daemon = True
-        self._thread.start()
-        return self
+        super().__init__(port)
 
     def stop(self) -> None:
         self.hang = 0.0
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().stop()
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Ingest]:
         deadline = time.monotonic() + timeout
@@ -160,24 +147,14 @@ class PyroscopeServer:
     def _handler_class(self):
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 split = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 headers = {key.lower(): value for key, value in self.headers.items()}
                 status, message = server.handle(split.path, split.query, headers, body)
-                payload = message.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args) -> None:
-                pass
+                self.send_body(status, message.encode(), "text/plain")
 
         return Handler
 
@@ -186,13 +163,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=4040)
     args = parser.parse_args()
-    server = PyroscopeServer(args.port).start()
-    print(f"fake pyroscope on {server.url}")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.stop()
+    server = PyroscopeServer(args.port)
+    server.serve_until_interrupted(f"fake pyroscope on {server.url}")
 
 
 if __name__ == "__main__":

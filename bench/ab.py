@@ -1,26 +1,24 @@
-"""Same-run A/B micro-benchmarks of GET /api/v1/items: the cache (off / on / on without the local LRU) and the
-profiler (100 Hz / off). Each variant is its own gunicorn over one seeded database; rounds interleave them.
+"""Same-run A/B benchmarks of GET /api/v1/items: what bench/cache_bench.py and bench/profiler_bench.py share.
 
-`python -m bench.micro cache|profiler` (or `make bench-cache` / `make bench-profiler`) writes
-bench/results/<name>.json and .md. Everything it starts is stopped again, on Ctrl-C and SIGTERM too.
+Each variant of the API is its own gunicorn over one seeded database; rounds interleave them. Here: starting the
+variants (and the memcached they share), the request mix, the load driver, CPU by part of the stack, the rounds,
+their summary and the command line. A bench gives its plan (variants and defaults) and its Markdown to `main`.
+Everything it starts is stopped again, on Ctrl-C and SIGTERM too.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
-import ctypes
 import dataclasses
 import datetime
 import itertools
 import json
 import math
 import os
-import platform
 import random
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,93 +30,25 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from bench import report
+from bench.procfs import postgres_backends_cpu, proc_cpu, tree_cpu
+from bench.stack import start_isolated
+from harness.processes import ROOT, Child, free_port, gunicorn_argv, memcached_argv, wait_http, wait_port
+
 RESULTS = ROOT / "bench" / "results"
 BOT_TOKEN = "7000000001:MICRO-bot-token-for-ab-benchmarks-only"
 USER_BASE = 7_100_000_000  # apart from the load test's ids, should both ever share a database
 ITEMS_PATH = "/api/v1/items"
-_PR_SET_PDEATHSIG = 1
-# Settings a developer's shell might export that would make the variants differ from what this run says.
-_INHERITED_PREFIXES = ("WARDROBE_", "GUNICORN_", "PROMETHEUS_MULTIPROC_DIR")
+ITEMS_PATCH_PREFIX = ITEMS_PATH + "/"
 
 
 # ---------------------------------------------------------------------------------------------- the stack
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    # A backstop for `kill -9` of the bench: the child gets SIGTERM when we vanish; Ctrl-C is handled by finally.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _child_env(extra: dict[str, str]) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_PREFIXES)}
-    return {**base, **extra}
-
-
-class Child:
-    """A process in its own session (the terminal's Ctrl-C reaches only us), stopped with its whole group."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        self._handle = log.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=_child_env(env),
-            stdout=self._handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
-        self._handle.close()
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-
-def wait_until(probe: Callable[[], bool], what: str, timeout: float, child: Child | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child is not None and child.proc.poll() is not None:
-            raise RuntimeError(f"{what}: exited with {child.proc.returncode}\n{child.tail()}")
-        try:
-            if probe():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not ready within {timeout} s")
-
-
 def start_memcached(log_dir: Path, memory_mb: int = 256) -> tuple[Child, str]:
     port = free_port()
-    argv = ["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(port), "-m", str(memory_mb), "-c", "4096"]
-    child = Child(argv, {}, log_dir / "memcached.log")
-    wait_until(
-        lambda: bool(socket.create_connection(("127.0.0.1", port), timeout=0.5).close() or True),
-        "memcached",
-        10,
-        child,
-    )
+    child = start_isolated(memcached_argv(port, memory_mb, "-c", "4096"), {}, log_dir / "memcached.log")
+    wait_port(port, 10, child)
     return child, f"127.0.0.1:{port}"
 
 
@@ -138,31 +68,7 @@ class Variant:
     def cpu_seconds(self) -> float:
         """CPU used so far by the gunicorn master and its workers, reaped ones included (cutime/cstime)."""
         assert self.child is not None
-        master = self.child.proc.pid
-        total = _proc_cpu(master, children=True)
-        for pid in _children(master):
-            total += _proc_cpu(pid, children=False)
-        return total
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _proc_cpu(pid: int, *, children: bool) -> float:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    # After the ")" field 0 is state (stat field 3): utime, stime, cutime, cstime are stat fields 14-17.
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        return tree_cpu(self.child.pid)
 
 
 class StackCpu:
@@ -172,29 +78,16 @@ class StackCpu:
 
     def __init__(self, variant: Variant, database: str, memcached: Child | None) -> None:
         self._variant = variant
-        self._needle = f" {database} ".encode()
+        self._database = database
         self._memcached = memcached
-
-    def _postgres(self) -> dict[int, float]:
-        # Backends are titled "postgres: 15/main: user DATABASE [local] STATE"; the idle variants' are idle.
-        found = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                title = Path(entry.path, "cmdline").read_bytes()
-            except OSError:
-                continue
-            if title.startswith(b"postgres: ") and self._needle in title:
-                found[int(entry.name)] = _proc_cpu(int(entry.name), children=False)
-        return found
 
     def read(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
             "api": self._variant.cpu_seconds(),
-            "postgres": self._postgres(),
-            "memcached": _proc_cpu(self._memcached.proc.pid, children=False) if self._memcached else 0.0,
+            # The idle variants' backends are idle: all of this database's count.
+            "postgres": postgres_backends_cpu(self._database),
+            "memcached": proc_cpu(self._memcached.pid, children=False) if self._memcached else 0.0,
             "driver": usage.ru_utime + usage.ru_stime,
         }
 
@@ -220,15 +113,10 @@ def start_api(variant: Variant, common: dict[str, str], data_root: Path, workers
         "GUNICORN_WORKERS": str(workers),
     }
     # Recycling is off so that a worker restart never lands inside one variant's window.
-    argv = [str(BIN / "gunicorn"), "-c", str(ROOT / "conf/gunicorn.conf.py"), "--max-requests", "0"]
-    variant.child = Child(argv, env, data_root / "logs" / f"{variant.name}.log")
+    argv = gunicorn_argv("conf/gunicorn.conf.py", "--max-requests", "0")
+    variant.child = start_isolated(argv, env, data_root / "logs" / f"{variant.name}.log")
     variant.base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        with urllib.request.urlopen(variant.base + "/healthz", timeout=1) as resp:
-            return resp.status == 200
-
-    wait_until(healthy, f"gunicorn {variant.name}", 30, variant.child)
+    wait_http(variant.base + "/healthz", 30, variant.child)
 
 
 def prepare_database(database_url: str, images_dir: Path, users: int, items_per_user: int) -> dict[str, Any]:
@@ -309,9 +197,6 @@ class Mix:
         self.item_ids[uid] = [item["id"] for item in page["items"]]
         if page.get("next_cursor"):
             self.cursor[uid] = urllib.parse.quote(page["next_cursor"], safe="")
-
-
-ITEMS_PATCH_PREFIX = ITEMS_PATH + "/"
 
 
 # ------------------------------------------------------------------------------------------- the load driver
@@ -571,11 +456,7 @@ def paired_ratios(
 def machine_facts(database_url: str) -> dict[str, Any]:
     import psycopg2
 
-    cpu_model = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu_model = line.split(":", 1)[1].strip()
-            break
+    box = report.machine()
     with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
         cur.execute("SHOW server_version")
         pg = cur.fetchone()[0]
@@ -588,14 +469,13 @@ def machine_facts(database_url: str) -> dict[str, Any]:
             ["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True
         ).stdout
     )
-    meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "mem_gb": round(int(meminfo) / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+        "cpu_model": box["cpu"],
+        "mem_gb": box["memory_gb"],
+        "kernel": box["kernel"],
+        "python": box["python"],
         "postgres": pg,
         "memcached": memcached,
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
@@ -608,77 +488,29 @@ def machine_facts(database_url: str) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Plan:
-    """What a benchmark compares and how its rounds are laid out."""
+    """What a benchmark compares and how its rounds are laid out (`configured` applies the command line)."""
 
     name: str
     question: str
     variants: list[Variant]
     baseline: str
-    paced: bool
-    with_cache_metrics: bool
     rounds: int
     seconds: float
-    paced_seconds: float
     warmup: float
+    _: dataclasses.KW_ONLY
+    paced: bool = False  # a fixed-rate window after each closed-loop one
+    with_cache_metrics: bool = False
+    paced_seconds: float = 0.0
 
-
-def cache_plan(args: argparse.Namespace, memcached: str) -> Plan:
-    variants = [
-        Variant("off", {"WARDROBE_MEMCACHED_SERVERS": ""}),
-        Variant("on", {"WARDROBE_MEMCACHED_SERVERS": memcached}),
-        Variant("on-no-lru", {"WARDROBE_MEMCACHED_SERVERS": memcached, "WARDROBE_CACHE_LOCAL_TTL": "0"}),
-    ]
-    return Plan(
-        name="cache",
-        question="Cache hit rate and latency/throughput of GET /api/v1/items with the cache off, on, and on "
-        "without the per-process LRU, in the same run",
-        variants=variants,
-        baseline="off",
-        paced=True,
-        with_cache_metrics=True,
-        rounds=args.rounds or 5,
-        seconds=args.seconds or 7.0,
-        paced_seconds=args.paced_seconds,
-        warmup=args.warmup or 1.0,
-    )
-
-
-def profiler_plan(args: argparse.Namespace, memcached: str) -> Plan:
-    variants = [
-        Variant("profiler-off", {"WARDROBE_PROFILE_HZ": "0", "WARDROBE_MEMCACHED_SERVERS": memcached}),
-        Variant(
-            "profiler-100hz",
-            {
-                "WARDROBE_PROFILE_HZ": "100",
-                "WARDROBE_PROFILE_CLOCK": "native",
-                "WARDROBE_MEMCACHED_SERVERS": memcached,
-            },
-        ),
-        # The Python sampler thread the native clock replaced: kept in the run to show what the change is worth.
-        Variant(
-            "profiler-100hz-thread",
-            {
-                "WARDROBE_PROFILE_HZ": "100",
-                "WARDROBE_PROFILE_CLOCK": "thread",
-                "WARDROBE_MEMCACHED_SERVERS": memcached,
-            },
-        ),
-    ]
-    return Plan(
-        name="profiler",
-        question="Throughput of the API with the continuous profiler at 100 Hz vs. off, in the same run "
-        "(target: under 3 % overhead)",
-        variants=variants,
-        baseline="profiler-off",
-        paced=False,
-        with_cache_metrics=False,
-        # Many short windows: this shared machine's load drifts within seconds, so pairs close in time
-        # and many of them pin the median ratio down better than a few long windows.
-        rounds=args.rounds or 40,
-        seconds=args.seconds or 2.5,
-        paced_seconds=0,
-        warmup=args.warmup or 0.5,
-    )
+    def configured(self, args: argparse.Namespace) -> Plan:
+        """The plan with what the command line sets (0 keeps the plan's own)."""
+        return dataclasses.replace(
+            self,
+            rounds=args.rounds or self.rounds,
+            seconds=args.seconds or self.seconds,
+            warmup=args.warmup or self.warmup,
+            paced_seconds=args.paced_seconds if self.paced else 0,
+        )
 
 
 def round_order(names: list[str], index: int) -> list[str]:
@@ -744,19 +576,21 @@ def run_plan(plan: Plan, args: argparse.Namespace, mix: Mix, probes: dict[str, S
     return {"calibration_rps": calibration, "paced_rate_rps": rate if plan.paced else None, "rounds": rounds}
 
 
+# What the summary pairs by round (B/A); its medians are of these, the hit rate and the errors.
+RATIO_KEYS = (
+    "throughput_rps",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "cpu_ms_per_request",
+    "stack_cpu_ms_per_request",
+)
+
+
 def summarize(plan: Plan, measured: dict[str, Any]) -> dict[str, Any]:
     rounds = measured["rounds"]
     windows = ["closed", "paced"] if plan.paced else ["closed"]
-    keys = [
-        "throughput_rps",
-        "p50_ms",
-        "p95_ms",
-        "p99_ms",
-        "cpu_ms_per_request",
-        "stack_cpu_ms_per_request",
-        "hit_rate",
-        "errors",
-    ]
+    keys = [*RATIO_KEYS, "hit_rate", "errors"]
     summary: dict[str, Any] = {}
     for window in windows:
         per_variant = {}
@@ -774,254 +608,10 @@ def summarize(plan: Plan, measured: dict[str, Any]) -> dict[str, Any]:
             if variant.name == plan.baseline:
                 continue
             ratios[f"{variant.name}/{plan.baseline}"] = {
-                key: paired_ratios(rounds, window, plan.baseline, variant.name, key)
-                for key in (
-                    "throughput_rps",
-                    "p50_ms",
-                    "p95_ms",
-                    "p99_ms",
-                    "cpu_ms_per_request",
-                    "stack_cpu_ms_per_request",
-                )
+                key: paired_ratios(rounds, window, plan.baseline, variant.name, key) for key in RATIO_KEYS
             }
         summary[window] = {"variants": per_variant, "ratios": ratios}
     return summary
-
-
-# -------------------------------------------------------------------------------------------------- reports
-
-
-def _fmt(value: Any, suffix: str = "", digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}{suffix}"
-    return f"{value}{suffix}"
-
-
-def _ratio_cell(ratio: dict[str, Any] | None) -> str:
-    if not ratio:
-        return "-"
-    return f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})"
-
-
-def _variant_table(plan: Plan, window: dict[str, Any], hit_rate: bool) -> list[str]:
-    head = "| variant | req/s (median) | req/s range | p50 ms | p95 ms | p99 ms | API CPU ms/req | stack CPU ms/req |"
-    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
-    if hit_rate:
-        head += " hit rate |"
-        rule += "---:|"
-    lines = [head, rule]
-    for variant in plan.variants:
-        v = window["variants"][variant.name]
-        rng = v["throughput_range"]
-        row = (
-            f"| {variant.name} | {_fmt(v['median_throughput_rps'])} | "
-            f"{_fmt(rng[0]) + '-' + _fmt(rng[1]) if rng else '-'} | {_fmt(v['median_p50_ms'], digits=2)} | "
-            f"{_fmt(v['median_p95_ms'], digits=2)} | {_fmt(v['median_p99_ms'], digits=2)} | "
-            f"{_fmt(v['median_cpu_ms_per_request'], digits=3)} | "
-            f"{_fmt(v['median_stack_cpu_ms_per_request'], digits=3)} |"
-        )
-        if hit_rate:
-            hr = v["median_hit_rate"]
-            row += f" {'-' if hr is None else f'{hr:.1%}'} |"
-        lines.append(row)
-    return lines
-
-
-def _ratio_table(window: dict[str, Any]) -> list[str]:
-    lines = [
-        "| pair (B/A) | throughput | p50 | p95 | p99 | API CPU/req | stack CPU/req |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for pair, r in window["ratios"].items():
-        lines.append(
-            f"| {pair} | {_ratio_cell(r['throughput_rps'])} | {_ratio_cell(r['p50_ms'])} | "
-            f"{_ratio_cell(r['p95_ms'])} | {_ratio_cell(r['p99_ms'])} | {_ratio_cell(r['cpu_ms_per_request'])} | "
-            f"{_ratio_cell(r['stack_cpu_ms_per_request'])} |"
-        )
-    return lines
-
-
-def _setup_lines(result: dict[str, Any]) -> list[str]:
-    m, s = result["machine"], result["setup"]
-    return [
-        "## Machine and setup",
-        "",
-        f"- {m['date']}, {m['nproc']} x {m['cpu_model']}, {m['mem_gb']} GB, Linux {m['kernel']}, Python "
-        f"{m['python']}, Postgres {m['postgres']}, {m['memcached']}, commit {m['git_commit']}; load average "
-        f"at start {' '.join(m['loadavg_at_start'])}.",
-        f"- Every variant is its own gunicorn ({s['workers']} gevent workers, recycling off, access log on as in "
-        f"production) on the same database ({s['users']:,} users x {s['items_per_user']} items) and all run "
-        "side by side; only one is driven at a time.",
-        f"- Load: one geventhttpclient process on the same machine, {s['connections']} keep-alive connections "
-        f"flat out (closed loop, {s['seconds']} s windows after {s['warmup']} s warm-up), after one pass over "
-        "every user's first page (cursors learned, memcached partly warm) and a calibration window per variant. "
-        f"Mix: Zipf(s="
-        f"{s['skew']}) users; {s['first_page']:.0%} first pages, {s['second_page']:.0%} second pages "
-        f"(cursor learned from the first), {s['writes']:.0%} PATCH of an item's notes (bumps the wardrobe "
-        "version, so that user's cached pages stop matching). No If-None-Match: every read is a full 200.",
-        f"- {s['rounds']} rounds; the variant order rotates and reverses every round so none always goes first. "
-        "Medians over rounds; ranges are min-max over rounds; ratios are paired per round (B and A seconds "
-        "apart), shown as median (min-max).",
-        "- Latency is of the reads only (GET /api/v1/items), measured by the client. API CPU ms/req is the "
-        "gunicorn master's and workers' CPU (from /proc) over the measured window, divided by completed "
-        "requests; stack CPU adds this database's Postgres backends and memcached. CPU per request is far "
-        "less disturbed by other work on the machine than throughput is.",
-        "- 1-minute load average before each variant's turn (other engineers share this machine): "
-        + _load_range(result["rounds"])
-        + ".",
-    ]
-
-
-def _load_range(rounds: list[dict[str, Any]]) -> str:
-    loads = [float(v["loadavg_before"]) for rnd in rounds for v in rnd.values()]
-    return f"median {statistics.median(loads):.2f}, from {min(loads):.2f} to {max(loads):.2f}"
-
-
-def cache_markdown(plan: Plan, result: dict[str, Any]) -> str:
-    s = result["summary"]
-    closed, paced = s["closed"], s["paced"]
-    on = closed["variants"]["on"]
-    nolru = closed["variants"]["on-no-lru"]
-    tp = closed["ratios"]["on/off"]["throughput_rps"]
-    p95 = paced["ratios"]["on/off"]["p95_ms"]
-    stack = closed["ratios"]["on/off"]["stack_cpu_ms_per_request"]
-    api = closed["ratios"]["on/off"]["cpu_ms_per_request"]
-    lines = [
-        "# Cache A/B: GET /api/v1/items with the cache off, on, and on without the local LRU",
-        "",
-        f"Produced by `make bench-cache` (`bench/micro.py`); raw numbers in `cache.json`. {plan.question}.",
-        "",
-        "## Result",
-        "",
-        f"- Hit rate (items pages, from each instance's `wardrobe_cache_requests_total`): **{on['median_hit_rate']:.1%}** "
-        f"with the LRU, {nolru['median_hit_rate']:.1%} from memcached alone.",
-        f"- Throughput at saturation, on/off: **x{tp['median']:.2f}** (rounds {tp['min']:.2f}-{tp['max']:.2f}).",
-        f"- Server-side CPU per request (API + Postgres + memcached), on/off: **x{stack['median']:.2f}** "
-        f"(rounds {stack['min']:.2f}-{stack['max']:.2f}); the API's own: x{api['median']:.2f}.",
-        f"- p95 at a fixed {result['paced_rate_rps']:.0f} req/s, on/off: **x{p95['median']:.2f}** "
-        f"(rounds {p95['min']:.2f}-{p95['max']:.2f}).",
-        "",
-        "### Saturated (closed loop)",
-        "",
-        *_variant_table(plan, closed, True),
-        "",
-        *_ratio_table(closed),
-        "",
-        f"### Fixed rate ({result['paced_rate_rps']:.0f} req/s, open loop)",
-        "",
-        "The rate is fixed (`--paced-rate`) so that every variant gets the same offered load; saturated "
-        "throughput in this run's calibration was "
-        + ", ".join(f"{k} {v} req/s" for k, v in result["calibration_rps"].items())
-        + ". Latency counts from each request's scheduled start, so a stall is not hidden by the client "
-        "waiting for it.",
-        "",
-        *_variant_table(plan, paced, True),
-        "",
-        *_ratio_table(paced),
-        "",
-        *_setup_lines(result),
-        "",
-        "## Reading it",
-        "",
-        "- The load generator shares the 2 cores with gunicorn, Postgres and memcached, so saturated numbers "
-        "are a whole-machine ceiling, not the API's alone; the variants pay that equally.",
-        "- Both cached variants share one memcached, as backends do in production, so one variant's fills "
-        "can serve the other's reads; the rotating order spreads that evenly.",
-        "- Saturated latency is mostly queueing (connections / throughput); the fixed-rate table is the one "
-        "to read for what a user waits.",
-        "- Errors over the whole run: "
-        + ", ".join(f"{k} {v['errors_total']}" for k, v in closed["variants"].items())
-        + " (closed); "
-        + ", ".join(f"{k} {v['errors_total']}" for k, v in paced["variants"].items())
-        + " (paced).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _thread_clock_line(ratio: dict[str, Any]) -> str:
-    tp, cpu = ratio["throughput_rps"], ratio.get("cpu_ms_per_request")
-    line = (
-        "- The same 100 Hz with the Python sampler-thread clock (`WARDROBE_PROFILE_CLOCK=thread`, the design before "
-        f"the native clock): throughput overhead **{(1 - tp['median']) * 100:.1f} %** "
-        f"(rounds {(1 - tp['max']) * 100:+.1f} % to {(1 - tp['min']) * 100:+.1f} %)"
-    )
-    return line + (f", CPU per request {(cpu['median'] - 1) * 100:+.1f} %." if cpu else ".")
-
-
-def profiler_markdown(plan: Plan, result: dict[str, Any], target: float) -> str:
-    closed = result["summary"]["closed"]
-    ratio = closed["ratios"]["profiler-100hz/profiler-off"]
-    thread = closed["ratios"].get("profiler-100hz-thread/profiler-off")
-    tp, cpu = ratio["throughput_rps"], ratio["cpu_ms_per_request"]
-    overhead = (1 - tp["median"]) * 100
-    worst, best = (1 - tp["min"]) * 100, (1 - tp["max"]) * 100
-    cpu_overhead = (cpu["median"] - 1) * 100 if cpu else None
-    noise = worst - best
-    if worst < target:
-        verdict = f"met: every round's throughput overhead was under {target:.0f} %"
-    elif overhead < target and cpu_overhead is not None and cpu_overhead < target:
-        verdict = (
-            f"met on the medians: throughput {overhead:.1f} %, CPU per request {cpu_overhead:+.1f} %. Single rounds "
-            f"spread over {noise:.0f} points (other work shares this machine), so one round cannot tell "
-            f"{target:.0f} % from noise; the medians of {len(tp['per_round'])} paired rounds are good to a few "
-            "percent, so this says the cost is small, not that it is below a given fraction of a percent"
-        )
-    elif overhead >= target and (cpu_overhead is None or cpu_overhead >= target):
-        verdict = f"not met: the median throughput overhead is {overhead:.1f} % (rounds {best:+.1f} % to {worst:+.1f} %)"
-        if cpu_overhead is not None:
-            verdict += f", and CPU per request, the steadier measure, is up {cpu_overhead:.1f} %"
-    elif noise > 2 * target:
-        verdict = (
-            f"not shown by throughput: the rounds spread over {noise:.0f} points, far wider than the "
-            f"{target:.0f} % being asked about, so on this (shared) machine throughput cannot tell "
-            f"{target:.0f} % from noise"
-        )
-        if cpu_overhead is not None:
-            side = "under" if cpu_overhead < target else "over"
-            verdict += f"; CPU per request, the steadier measure, puts the cost {side} the target at {cpu_overhead:.1f} %"
-    elif overhead < target:
-        verdict = f"met on the median ({overhead:.1f} %), with rounds from {best:+.1f} % to {worst:+.1f} %"
-    else:
-        verdict = f"not met: the median overhead is {overhead:.1f} %"
-    lines = [
-        "# Profiler A/B: throughput at 100 Hz vs. off",
-        "",
-        f"Produced by `make bench-profiler` (`bench/micro.py`); raw numbers in `profiler.json`. {plan.question}.",
-        "",
-        "## Result",
-        "",
-        f"- Throughput overhead (1 - median of per-round 100 Hz/off ratios): **{overhead:.1f} %**; per round "
-        f"from {best:+.1f} % to {worst:+.1f} % (negative = the profiled instance was faster that round).",
-        f"- CPU per request, 100 Hz/off: **{_fmt(cpu_overhead, ' %', 1) if cpu else '-'}** "
-        f"(rounds {_ratio_cell(cpu)}); this counts the sampler's CPU even where the machine had idle time.",
-        f"- Target under {target:.0f} %: {verdict}.",
-        *([_thread_clock_line(thread)] if thread else []),
-        "",
-        *_variant_table(plan, closed, False),
-        "",
-        *_ratio_table(closed),
-        "",
-        "Per-round throughput ratios (100 Hz/off): " + ", ".join(f"{x:.3f}" for x in tp["per_round"]) + ".",
-        "",
-        *_setup_lines(result),
-        "- Both instances use memcached (the production default); the profiler records cpu and wall samples "
-        "for every in-flight request greenlet at the given rate, with no Pyroscope push.",
-        "",
-        "## Reading it",
-        "",
-        "- The load generator shares the 2 cores with gunicorn, Postgres and memcached. The native clock "
-        "(default) is a C thread that never takes the GIL: each tick runs on the worker's main thread between "
-        "two bytecodes. The thread clock is a Python thread that must win the GIL from the busy main thread "
-        "every tick; on a saturated box each handoff parks the main thread for scheduler latency.",
-        "- Errors over the whole run: "
-        + ", ".join(f"{k} {v['errors_total']}" for k, v in closed["variants"].items())
-        + ".",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -1042,9 +632,9 @@ def stopped_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("bench", choices=["cache", "profiler"])
+def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+    """The options of both benches (each uses the ones that concern it)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--database-url", default="postgresql:///wardrobe_micro")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/4")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "micro")
@@ -1081,18 +671,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+# A bench's plan for the memcached server its variants share, and its Markdown of a finished run.
+PlanFor = Callable[[str], Plan]
+MarkdownOf = Callable[[Plan, dict[str, Any], argparse.Namespace], str]
+
+
+def main(
+    name: str, plan_for: PlanFor, markdown: MarkdownOf, description: str, argv: list[str] | None
+) -> None:
+    """Run one bench: seed, start memcached and every variant, drive the rounds, write RESULTS/<name>.json/.md."""
+    args = parse_args(argv, description)
     started = time.monotonic()
-    data_root = args.data_dir / args.bench
+    data_root = args.data_dir / name
     with stopped_on_signals(), ExitStack() as stack:
-        print(f"[{args.bench}] database {args.database_url}", flush=True)
+        print(f"[{name}] database {args.database_url}", flush=True)
         seeded = prepare_database(args.database_url, data_root / "images", args.users, args.items_per_user)
         flush_redis(args.redis_url)
         machine = machine_facts(args.database_url)
         memcached, memcached_server = start_memcached(data_root / "logs")
         stack.callback(memcached.stop)
-        plan = (cache_plan if args.bench == "cache" else profiler_plan)(args, memcached_server)
+        plan = plan_for(memcached_server).configured(args)
         common = {
             "WARDROBE_DATABASE_URL": args.database_url,
             "WARDROBE_REDIS_URL": args.redis_url,
@@ -1106,7 +704,7 @@ def main(argv: list[str] | None = None) -> None:
         for variant in plan.variants:
             stack.callback(variant.stop)
             start_api(variant, common, data_root, args.workers)
-        print(f"[{args.bench}] started " + ", ".join(f"{v.name} {v.base}" for v in plan.variants), flush=True)
+        print(f"[{name}] started " + ", ".join(f"{v.name} {v.base}" for v in plan.variants), flush=True)
         mix = Mix(args.users, skew=args.skew, second_page=args.second_page, writes=args.writes)
         database = args.database_url.rsplit("/", 1)[1].split("?", 1)[0]
         probes = {v.name: StackCpu(v, database, memcached) for v in plan.variants}
@@ -1140,15 +738,14 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{plan.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    markdown = (
-        cache_markdown(plan, result) if plan.name == "cache" else profiler_markdown(plan, result, args.target)
-    )
-    (args.out / f"{plan.name}.md").write_text(markdown)
-    print(markdown)
-    print(f"[{args.bench}] wrote {args.out / plan.name}.json/.md in {result['wall_seconds']} s", flush=True)
+    text = markdown(plan, result, args)
+    (args.out / f"{plan.name}.md").write_text(text)
+    print(text)
+    print(f"[{name}] wrote {args.out / plan.name}.json/.md in {result['wall_seconds']} s", flush=True)
 
 
-if __name__ == "__main__":
+def run_command(main: Callable[[], None]) -> None:
+    """`python -m bench.<bench>`: Ctrl-C and SIGTERM exit 130 once everything started is stopped."""
     try:
         main()
     except KeyboardInterrupt:

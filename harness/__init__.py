@@ -1,0 +1,1 @@
+"""What the tests and the benchmarks share (not part of the installed package)."""
