@@ -195,8 +195,13 @@ def _job_row(label: str, j: dict[str, Any]) -> list[Any]:
     return [label, j["count"], j["failed"], j["p50"], j["p95"], j["max"]]
 
 
-def _catchup(seconds: float | None) -> str:
-    return f"up to nice 0 while cutouts wait over {seconds:g} s" if seconds else "no catch-up"
+def _images_priority(params: dict) -> str:
+    if params.get("images_worker_priority"):
+        return f"at {params['images_worker_priority']}"
+    # Results from before the worker ran SCHED_IDLE: a nice, raised to 0 while cutouts waited past a threshold.
+    seconds = params.get("image_catchup_s")
+    catchup = f"up to nice 0 while cutouts wait over {seconds:g} s" if seconds else "no catch-up"
+    return f"at nice {params.get('images_worker_nice')}, {catchup}"
 
 
 def markdown(result: dict[str, Any], chart_name: str) -> str:
@@ -211,10 +216,9 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
         *(
             [
                 "",
-                f"Stack: {params['api_workers']} API workers; images worker at nice "
-                f"{params.get('images_worker_nice')}, {params.get('image_workers')} process(es), cutouts in "
-                f"{params['cutout_precision']}{on_engine(params.get('cutout_engine'))}, "
-                f"{_catchup(params.get('image_catchup_s'))}; "
+                f"Stack: {params['api_workers']} API workers; images worker {_images_priority(params)}, "
+                f"{params.get('image_workers')} process(es), cutouts in "
+                f"{params['cutout_precision']}{on_engine(params.get('cutout_engine'))}; "
                 f"{params.get('openai_keys')} OpenAI key(s).",
             ]
             if params.get("cutout_precision")

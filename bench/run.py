@@ -50,12 +50,11 @@ class Options:
     capsule_every: float = 900.0
     processes: int = 0  # 0: decide from the user count
     api_workers: int = 2
-    images_nice: int = 10
+    images_nice: int | None = None  # None: SCHED_IDLE, as make run starts it
     image_workers: int = 1
     openai_keys: int = 2
     openai_latency_ms: int = 200
     cutout_precision: str = "auto"
-    image_catchup_seconds: float = 10.0
     ramp: float = 0.0  # 0: decide from the user count
     quiet_wait: float = 0.0  # wait up to this long for an idle machine before each run
 
@@ -114,7 +113,6 @@ def stack_for(target: str, options: Options, log_dir: Path) -> Stack:
         openai_keys=options.openai_keys,
         openai_latency_ms=options.openai_latency_ms,
         cutout_precision=options.cutout_precision,
-        image_catchup_seconds=options.image_catchup_seconds,
     )
     return STACKS[target](settings)
 
@@ -234,13 +232,16 @@ def measure(
             "upload_every_s": options.upload_every,
             "capsule_every_s": options.capsule_every,
             "api_workers": options.api_workers if target == "wardrobe" else "4 x 8 threads",
-            "images_worker_nice": options.images_nice if target == "wardrobe" else None,
+            "images_worker_priority": (
+                ("SCHED_IDLE" if options.images_nice is None else f"nice {options.images_nice}")
+                if target == "wardrobe"
+                else None
+            ),
             "image_workers": options.image_workers if target == "wardrobe" else None,
             "openai_keys": options.openai_keys if target == "wardrobe" else None,
             "cutout_precision": resolve_precision(options.cutout_precision) if target == "wardrobe" else None,
             "cutout_engine": engine_for(options.cutout_precision) if target == "wardrobe" else None,
             "openai_latency_ms": options.openai_latency_ms,
-            "image_catchup_s": options.image_catchup_seconds if target == "wardrobe" else None,
         },
         "latency": report.latency(rows, window_start, window_end),
         "timeline": report.timeline(rows, window_start, window_end),
@@ -555,7 +556,6 @@ def _options(args: argparse.Namespace) -> Options:
         openai_keys=args.openai_keys,
         openai_latency_ms=args.openai_latency_ms,
         cutout_precision=args.cutout_precision,
-        image_catchup_seconds=args.image_catchup,
         ramp=args.ramp,
         quiet_wait=args.quiet_wait,
     )
@@ -586,7 +586,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--processes", type=int, default=0, help="Locust processes (0: by user count)")
         p.add_argument("--api-workers", type=int, default=2, help="gunicorn workers of the Wardrobe API")
         p.add_argument(
-            "--images-nice", type=int, default=10, help="nice of the images worker beside the API (ai: 5)"
+            "--images-nice",
+            type=int,
+            default=None,
+            help="run the images worker at this nice beside the API instead of SCHED_IDLE (ai: nice 5)",
         )
         p.add_argument(
             "--image-workers",
@@ -600,12 +603,6 @@ def main(argv: list[str] | None = None) -> int:
             default=2,
             help="OpenAI keys the workers rotate (each 500 RPM, 200k TPM): one key's TPM is nearly all "
             "that 1,000 users' average demand takes",
-        )
-        p.add_argument(
-            "--image-catchup",
-            type=float,
-            default=10.0,
-            help="the images worker's WARDROBE_IMAGE_CATCHUP_SECONDS: nice 0 while cutouts wait longer (0: off)",
         )
         p.add_argument(
             "--openai-latency-ms",

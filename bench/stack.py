@@ -53,9 +53,10 @@ class StackSettings:
     with_workers: bool = True
     image_workers: int = 1  # processes of the images consumer (a shared box keeps one: see bench/README.md)
     worker_nice: bool = True  # below the API when they share a box
-    images_nice: int = 10  # the images consumer's nice when worker_nice (the ai consumer's is 5)
+    # When worker_nice: None runs the images consumer SCHED_IDLE as scripts/run.sh does; N runs it at nice N
+    # instead (the ai consumer is at nice 5 either way).
+    images_nice: int | None = None
     cutout_precision: str = "auto"  # WARDROBE_CUTOUT_PRECISION of the images consumer
-    image_catchup_seconds: float = 10.0  # WARDROBE_IMAGE_CATCHUP_SECONDS of the images consumer (0: off)
     defer_ai_worker: bool = False  # bench-jobs starts it once a backlog of analyses has built up
 
 
@@ -165,7 +166,6 @@ class WardrobeStack(Stack):
             # Beside the API one ONNX thread costs less CPU per cutout; bench-jobs gives the box to the workers.
             "WARDROBE_ONNX_THREADS": "1" if s.worker_nice else "0",
             "WARDROBE_CUTOUT_PRECISION": s.cutout_precision,
-            "WARDROBE_IMAGE_CATCHUP_SECONDS": str(s.image_catchup_seconds),
         }
 
     def start(self) -> None:
@@ -188,12 +188,13 @@ class WardrobeStack(Stack):
 
     def start_worker(self, queue: str) -> None:
         # As scripts/run.sh does on a shared box: a backlog of images must not slow requests.
-        level = self.settings.images_nice if queue == "images" else 5
-        nice = ["nice", "-n", str(level)] if self.settings.worker_nice else []
-        extra = (
-            [] if queue == "images" else ["--no-periodic"]
-        )  # one reaper per box, beside the images consumer
-        self.spawn(f"worker-{queue}", [*nice, *worker_argv(queue, *extra)], self.env(), signal.SIGINT)
+        priority: list[str] = []
+        if self.settings.worker_nice:
+            if queue == "images" and self.settings.images_nice is None:
+                priority = ["chrt", "--idle", "0"]
+            else:
+                priority = ["nice", "-n", str(self.settings.images_nice if queue == "images" else 5)]
+        self.spawn(f"worker-{queue}", [*priority, *worker_argv(queue)], self.env(), signal.SIGINT)
 
 
 class BaselineStack(Stack):

@@ -17,7 +17,7 @@ import pytest
 from conftest import auth_header, image_bytes, multipart, server_env
 from processes import gunicorn
 
-from harness.processes import ROOT, free_port, wait_port
+from harness.processes import ROOT, free_port, stop_process, wait_port
 from wardrobe.web.middleware import REQUEST_ID_RE
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -60,12 +60,7 @@ def edge(tmp_path_factory):
         wait_port(port, 10, nginx)
         yield port, app, prefix / "logs" / "access.log"
     finally:
-        nginx.terminate()
-        try:
-            nginx.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-            nginx.wait()
+        stop_process(nginx, timeout=10)
         app.stop()
         shutil.rmtree(prefix, ignore_errors=True)
 
