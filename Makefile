@@ -6,7 +6,7 @@ export WARDROBE_DATA_DIR ?= $(CURDIR)/var
 export WARDROBE_U2NET_HOME ?= $(WARDROBE_DATA_DIR)/models
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services run test lint format token migrate clean
+.PHONY: help setup services run test lint format token token-link migrate clean
 
 # Benchmark targets (bench, bench-sweep, bench-compare, bench-jobs, capacity) live beside the load test.
 -include bench/bench.mk bench/micro.mk
@@ -36,6 +36,9 @@ format: ## Format and autofix with ruff
 
 token: ## Print an Authorization header for the local bot token (USER_ID=123)
 	@$(VENV)/bin/wardrobe-token --user-id $(or $(USER_ID),123)
+
+token-link: ## Print a link that opens the Mini App (/app/) signed in as USER_ID, for a browser beside `make run`
+	@$(VENV)/bin/wardrobe-token --link --user-id $(or $(USER_ID),123)
 
 migrate: ## Apply pending database migrations
 	@$(VENV)/bin/wardrobe-migrate

@@ -34,6 +34,9 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v curl >/dev/null || missing+=(curl)
+# The Mini App's browser tests: Debian's Chromium, driven by Playwright's own driver (never `playwright install`).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 # C extensions built by pip: the profiler's native clock (optional: the profiler falls back to a Python thread)
 # and gunicorn's HTTP parser, gunicorn_h1c (published as source only).
 command -v gcc >/dev/null || missing+=(gcc libc6-dev)

@@ -109,7 +109,7 @@ def test_a_remembered_session_still_expires():
 
 # Routes anyone may call; /metrics and /debug/* have the operator guard of their own.
 PUBLIC_ROUTES = set(
-    "/healthz /readyz /openapi.json /images/{name} /metrics /debug/pprof/profile /debug/flamegraph".split()
+    "/healthz /readyz /openapi.json /images/{name} /app /app/{name} /metrics /debug/pprof/profile /debug/flamegraph".split()
 )
 
 

@@ -50,6 +50,7 @@ from wardrobe.web.resources.images import ImageFiles
 from wardrobe.web.resources.items import Item, ItemCollection
 from wardrobe.web.resources.jobs import Job
 from wardrobe.web.resources.me import Me
+from wardrobe.web.resources.static import StaticFiles
 from wardrobe.web.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ PUBLIC_ROUTES = frozenset(
         "/readyz",
         "/openapi.json",
         "/images/{name}",
+        "/app",  # the Mini App's page: it signs in with the init data Telegram hands it
+        "/app/{name}",
         "/metrics",
         "/debug/pprof/profile",
         "/debug/flamegraph",
@@ -277,6 +280,9 @@ def create_app(
     app.add_route("/api/v1/capsules/{capsule_id}", Capsule(services.capsules))
     app.add_route("/api/v1/brands", Brands(services.brands, limit))
     app.add_route("/images/{name}", ImageFiles(services.store))
+    page = StaticFiles()
+    app.add_route("/app", page)  # "/app/" too: trailing slashes are stripped before routing
+    app.add_route("/app/{name}", page)
     app.add_route(
         "/metrics",
         metrics.MetricsResource(

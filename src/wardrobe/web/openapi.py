@@ -95,6 +95,28 @@ def paths() -> dict[str, Any]:
                 parameters=[_path_param("name")],
             )
         },
+        "/app": {
+            "get": _op(
+                "The Mini App's page (index.html, revalidated: no-cache)",
+                {
+                    "200": {"description": "The page", "content": {"text/html": {}}},
+                    "304": {"description": "Not modified"},
+                },
+                auth=False,
+            )
+        },
+        "/app/{name}": {
+            "get": _op(
+                "A Mini App asset named by its content hash (immutable)",
+                {
+                    "200": {"description": "The asset", "content": {"*/*": {}}},
+                    "304": {"description": "Not modified"},
+                    "404": _error("No such file"),
+                },
+                auth=False,
+                parameters=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            )
+        },
         "/api/v1/me": {
             "get": _op(
                 "The signed-in user's profile", {"200": _json({"$ref": "#/components/schemas/Profile"})}
