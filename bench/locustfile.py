@@ -264,7 +264,8 @@ class MiniAppUser(FastHttpUser):
             if time.monotonic() > deadline:
                 error = TimeoutError(f"job still {job.get('state')} after the deadline")
                 break
-            gevent.sleep(JOB_POLL_SECONDS)
+            # As the Mini App does: once a second, or when the job says asking again is worth it.
+            gevent.sleep(max(JOB_POLL_SECONDS, job.get("poll_after_seconds") or 0))
             job = self.get(f"/api/v1/jobs/{job['id']}", "/api/v1/jobs/{id}") or job
         if error is None and job.get("state") == "failed":
             error = RuntimeError(f"job failed: {str(job.get('error'))[:80]}")

@@ -291,3 +291,6 @@ def test_a_waiting_upload_is_told_how_many_cutouts_are_ahead_and_when_its_own_ma
     assert queue["estimate_seconds"] == round(2 / (queue["cutouts_per_minute"] / 60))
     done = client.simulate_get(f"/api/v1/jobs/{jobs[0]['id']}", headers=user).json
     assert done["queue"] is None  # past its cutout: nothing to wait for
+    # A long wait means: ask again later, not every second (a quarter of the estimate, 1..30 s).
+    assert answer["poll_after_seconds"] == max(1, min(30, round(queue["estimate_seconds"] / 4)))
+    assert done["poll_after_seconds"] is None

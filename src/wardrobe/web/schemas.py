@@ -110,6 +110,11 @@ JOB: dict[str, Any] = {
                 "estimate_seconds": {"type": ["integer", "null"], "minimum": 0},
             },
         },
+        "poll_after_seconds": {
+            "description": "While the job is unfinished: how many seconds to wait before asking again.",
+            "type": ["integer", "null"],
+            "minimum": 1,
+        },
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},
     },

@@ -257,7 +257,8 @@ async function waitJob(jobId, onUpdate) {
     }
     onUpdate(job);
     if (job.state === "succeeded" || job.state === "failed") return job;
-    await sleep(delay);
+    // Behind a long queue of cutouts the job says when asking again is worth it.
+    await sleep(Math.max(delay, 1000 * (job.poll_after_seconds ?? 0)));
     delay = Math.min(delay * 1.3, 2500);
   }
 }
