@@ -3,6 +3,10 @@
 Size + overflow connections at most; an acquire that waits longer than `acquire_timeout` raises `PoolTimeout`,
 which the API turns into 503 + Retry-After. A connection that broke (Postgres restarted) is dropped together
 with its idle siblings and the unit of work is retried once on a fresh one, so the service recovers by itself.
+
+Behind a transaction-mode pooler (PgBouncer, `pooler="transaction"`) a client holds a server connection only
+while a transaction is open, so nothing may live in the session: the timeouts are set per transaction with
+SET LOCAL, and every unit of work, reads included, is one explicit transaction.
 """
 
 from __future__ import annotations
@@ -58,6 +62,10 @@ class DictCursor(psycopg2.extensions.cursor):
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
+# How the pool reaches Postgres: directly, or through a pooler that lends server connections per transaction.
+POOLERS = ("none", "transaction")
+
+
 class PoolTimeout(Exception):
     """No connection became free within the acquire timeout."""
 
@@ -80,15 +88,31 @@ class Pool:
         application_name: str = "wardrobe",
         connect: Callable[..., Any] = psycopg2.connect,
         observer: Any = None,
+        pooler: str = "none",
     ) -> None:
+        if pooler not in POOLERS:
+            raise ValueError(f"pooler must be one of {', '.join(POOLERS)}, not {pooler!r}")
         self._dsn = dsn
         self._size = size
         self._max = size + overflow
         self._acquire_timeout = acquire_timeout
         self._connect_timeout = connect_timeout
+        # Direct: the timeouts ride on the startup packet, free. Behind a transaction pooler that packet either is
+        # refused (PgBouncer knows no `options`) or would set them on a server connection other clients share, so
+        # each transaction sets its own with SET LOCAL instead, in the same round trip as its BEGIN: a transaction
+        # costs what it did, an autocommit read two round trips more (BEGIN, COMMIT) to a pooler on the Postgres
+        # host. Role-level settings (ALTER ROLE ... SET statement_timeout) would cost nothing, but they would live
+        # in the database instead of the app's settings, bind migrations and psql too, and could not differ per
+        # process (API, workers) or per call (the backlog's tighter bound); the server-wide statement_timeout of the
+        # postgres role stays the backstop for anything that bypasses the pool.
+        self._per_transaction = pooler == "transaction"
         self._options = (
-            f"-c statement_timeout={statement_timeout_ms} "
-            f"-c idle_in_transaction_session_timeout={idle_tx_timeout_ms}"
+            f"-c statement_timeout={int(statement_timeout_ms)} "
+            f"-c idle_in_transaction_session_timeout={int(idle_tx_timeout_ms)}"
+        )
+        self._begin = (
+            f"BEGIN; SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
+            f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_tx_timeout_ms)}"
         )
         self._application_name = application_name
         self._connect = connect
@@ -107,9 +131,10 @@ class Pool:
     def _open(self) -> Any:
         kwargs = {
             "connect_timeout": max(1, int(self._connect_timeout)),
-            "options": self._options,
             "application_name": self._application_name,
         }
+        if not self._per_transaction:
+            kwargs["options"] = self._options
         try:
             if gevent_active():
                 # libpq's connect_timeout is ignored in green mode (psycogreen#2): bound it ourselves.
@@ -156,8 +181,8 @@ class Pool:
             self.in_use -= 1
         try:
             healthy = not broken and not conn.closed
-            if healthy and conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
-                conn.rollback()
+            if healthy:
+                _end_transaction(conn)
             with self._lock:
                 keep = healthy and len(self._idle) < self._size
                 if keep:
@@ -199,6 +224,14 @@ class Pool:
             broken = False
             committing = False
             try:
+                if self._per_transaction:
+                    # Autocommit as far as psycopg2 knows: the BEGIN is ours, so it carries the SET LOCALs.
+                    with conn.cursor(cursor_factory=DictCursor) as cur:
+                        cur.execute(self._begin)
+                        result = work(cur)
+                        committing = True
+                        cur.execute("COMMIT")
+                    return result
                 if transaction:
                     conn.autocommit = False
                 with conn.cursor(cursor_factory=DictCursor) as cur:
@@ -218,10 +251,9 @@ class Pool:
                     ) from exc
                 log.warning("database connection lost, retrying on a fresh one: %s", exc)
             finally:
-                if not conn.closed and transaction:
+                if not conn.closed and (transaction or self._per_transaction):
                     with contextlib.suppress(psycopg2.Error):
-                        if conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
-                            conn.rollback()
+                        _end_transaction(conn)
                         conn.autocommit = True
                 self._release(conn, broken=broken or bool(conn.closed))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -231,3 +263,15 @@ class Pool:
 
     def close(self) -> None:
         self.discard_idle()
+
+
+def _end_transaction(conn: Any) -> None:
+    """Roll back whatever is open, also a transaction begun by our own BEGIN (psycopg2's rollback() ignores it:
+    it believes the connection is in autocommit)."""
+    if conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+        return
+    if conn.autocommit:
+        with conn.cursor() as cur:
+            cur.execute("ROLLBACK")
+    else:
+        conn.rollback()
