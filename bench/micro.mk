@@ -9,3 +9,14 @@ bench-cache: ## Cache off vs. on vs. on without the local LRU on GET /api/v1/ite
 
 bench-profiler: ## Throughput with the profiler off vs. 100 Hz (native and thread clocks) -> bench/results/profiler.{json,md}
 	@$(PY) -m bench.profiler_bench $(MICRO_ARGS)
+
+.PHONY: bench-brands bench-version
+bench-brands: ## Brand autocomplete: µs per query, difflib scan vs. indexed catalogue (+ LRU) -> bench/results/brands.{json,md}
+	@$(PY) -m bench.brands_bench $(MICRO_ARGS)
+
+bench-version: ## List reads with the wardrobe version from Postgres vs. memcached -> bench/results/version.{json,md}
+	@$(PY) -m bench.version_bench $(MICRO_ARGS)
+
+.PHONY: bench-session
+bench-session: ## API CPU per request on the session mix, HEAD vs. the working tree -> bench/results/session.{json,md}
+	@$(PY) -m bench.session_ab $(MICRO_ARGS)

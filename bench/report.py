@@ -187,6 +187,27 @@ def md_table(columns: list[str], align: str, rows: Iterable[Sequence[Any]]) -> l
     ]
 
 
+def api_cpu_ms_per_request(result: dict[str, Any]) -> float | None:
+    """The API processes' CPU over the measured window per HTTP request answered in it (as bench/floor.py uses)."""
+    api = (result.get("processes") or {}).get("roles", {}).get("api")
+    rps = (result.get("latency") or {}).get("overall", {}).get("rps")
+    if not api or not rps:
+        return None
+    return api["cpu_cores"] / rps * 1000
+
+
+def _api_cpu_line(result: dict[str, Any], overall: dict[str, Any]) -> str:
+    ms = api_cpu_ms_per_request(result)
+    if ms is None:
+        return "API CPU per request: n/a (no API process sampled)."
+    api = result["processes"]["roles"]["api"]
+    return (
+        f"**API CPU per request: {ms:.3f} ms** ({api['cpu_cores']:.2f} cores over {overall['rps']} req/s, from the "
+        f"API workers' /proc CPU in the measured window), beside all-HTTP p50 {_ms(overall['p50'])} / p95 "
+        f"{_ms(overall['p95'])} / p99 {_ms(overall['p99'])} ms."
+    )
+
+
 def _latency_row(label: str, e: dict[str, Any]) -> list[Any]:
     return [label, e["requests"], e["failures"], e["rps"], *(_ms(e[k]) for k in ("p50", "p95", "p99", "max"))]
 
@@ -248,6 +269,8 @@ def markdown(result: dict[str, Any], chart_name: str) -> str:
                 _latency_row("**all HTTP**", lat["overall"]),
             ],
         ),
+        "",
+        _api_cpu_line(result, lat["overall"]),
         "",
         "## Jobs",
         "",

@@ -90,7 +90,12 @@ def _start_reaper(config, client, tasks) -> None:
         from wardrobe.store.jobs import JobLedger
 
         pool = Pool(
-            config.database_url, size=1, overflow=0, acquire_timeout=30, application_name="wardrobe-reaper"
+            config.database_url,
+            size=1,
+            overflow=0,
+            acquire_timeout=30,
+            application_name="wardrobe-reaper",
+            pooler=config.db_pooler,
         )
         ledger = JobLedger(pool)
         items, capsules = Items(pool), Capsules(pool)

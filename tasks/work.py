@@ -17,6 +17,11 @@ from wardrobe.queue import Dispatcher
 log = logging.getLogger(__name__)
 
 
+def db_pool_size(config: Config, queue: str) -> tuple[int, int]:
+    """(size, overflow) of one consumer process's Postgres pool; the fleet's connection budget counts these."""
+    return (2, 0) if queue == "images" else (min(config.ai_workers, 10), 5)
+
+
 def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], processes: int = 1) -> Callable:
     """The factory consumers pass to `register`: what a worker process needs for its queue."""
 
@@ -28,24 +33,29 @@ def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], pr
         from wardrobe.store.jobs import JobLedger
         from wardrobe.store.users import Users
 
+        size, overflow = db_pool_size(config, queue)
         pool = Pool(
             config.database_url,
-            size=2 if queue == "images" else min(config.ai_workers, 10),
-            overflow=0 if queue == "images" else 5,
+            size=size,
+            overflow=overflow,
             acquire_timeout=30,
             statement_timeout_ms=config.db_statement_timeout_ms,
             idle_tx_timeout_ms=config.db_idle_tx_timeout_ms,
             application_name=f"wardrobe-worker-{queue}",
+            pooler=config.db_pooler,
         )
         from wardrobe.ops import observability
 
         observability.init_sentry(config.sentry_dsn, config.sentry_environment, f"worker-{queue}")
         _start_profiler(config, queue)
         ledger = JobLedger(pool)
+        # What a job records bumps its owner's version: memcached must hear of it as the API's writes do.
+        versions = version_cache(config)
+        writes = versions.publishing(pool) if versions else pool
         runner = StageRunner(
-            items=Items(pool, max_attempts=config.job_max_attempts),
-            capsules=Capsules(pool, max_attempts=config.job_max_attempts),
-            users=Users(pool),
+            items=Items(writes, max_attempts=config.job_max_attempts),
+            capsules=Capsules(writes, max_attempts=config.job_max_attempts),
+            users=Users(writes, versions=versions),
             store=ImageStore(config.images_dir),
             ledger=ledger,
             send=Dispatcher(tasks, ledger, on_error=observability.dependency_error).send,
@@ -73,6 +83,24 @@ def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], pr
         return runner
 
     return build
+
+
+def version_cache(config: Config) -> Any:
+    """The API's VersionCache over a small memcached client of the worker's own; None without memcached."""
+    if not config.memcached_servers or not config.version_cache_ttl:
+        return None
+    from wardrobe.clients.cache import Cache
+    from wardrobe.ops import observability
+    from wardrobe.store.users import VersionCache
+
+    cache = Cache(
+        config.memcached_servers,
+        max_pool_size=config.memcached_pool_size,  # opened lazily: a worker uses a few
+        connect_timeout=config.memcached_timeout,
+        timeout=config.memcached_timeout,
+        on_error=observability.cache_error,
+    )
+    return VersionCache(cache, config.version_cache_ttl)
 
 
 def build_analyzer(config: Config, redis_client: Any) -> Any:

@@ -119,6 +119,36 @@ def test_catalogue_forgives_typos(catalogue: CatalogueBrands) -> None:
     assert catalogue.match("qqqzzz", 3) == []
 
 
+def test_catalogue_completes_half_typed_names(catalogue: CatalogueBrands) -> None:
+    assert catalogue.match("pat", 3)[0] == "Patagonia"
+    assert catalogue.match("Louis V", 3)[0] == "Louis Vuitton"
+    assert catalogue.match("ralph", 5)[0] == "Ralph Lauren"
+    assert catalogue.match("lauren", 3) == [
+        "Ralph Lauren",
+        "Saint Laurent",
+        "Polo Ralph Lauren",
+    ]  # a later word
+    assert catalogue.match("ray ban", 3)[0] == "Ray-Ban"  # punctuation typed as a space
+
+
+def test_catalogue_forgives_typos_in_full_and_half_typed_names(catalogue: CatalogueBrands) -> None:
+    assert catalogue.match("balenciaag", 3)[0] == "Balenciaga"  # two letters swapped
+    assert catalogue.match("givency", 3)[0] == "Givenchy"  # a letter dropped
+    assert catalogue.match("burberri", 3)[0] == "Burberry"  # a letter replaced
+    assert catalogue.match("patagn", 3)[0] == "Patagonia"  # the start of a name, mistyped
+    assert catalogue.match("xqzvw", 10) == []
+
+
+def test_a_repeated_query_answers_the_same_whatever_the_limit(catalogue: CatalogueBrands) -> None:
+    longest = catalogue.match("ma", 20)
+    assert len(longest) == 20
+    for limit in (1, 5, 10, 20):
+        assert catalogue.match("MA", limit) == longest[:limit]
+    found = catalogue.match("ma", 3)
+    found.append("Not A Brand")  # what a caller does with its answer stays with it
+    assert catalogue.match("ma", 3) == longest[:3]
+
+
 def test_catalogue_answers_in_the_api_shape(catalogue: CatalogueBrands) -> None:
     answer = catalogue.search("Nike", limit=2)
     assert answer["source"] == "catalogue"

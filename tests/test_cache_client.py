@@ -126,6 +126,33 @@ def test_a_write_makes_the_next_read_fresh_on_every_backend(memcached: Memcached
     assert list_items(backend_b) == ["white shirt", "blue jeans"]
 
 
+def test_a_version_in_memcached_never_goes_backwards(memcached: Memcached) -> None:
+    from wardrobe.store.users import VersionCache
+
+    backend_a = VersionCache(Cache([memcached.server]), ttl=60)
+    backend_b = VersionCache(Cache([memcached.server]), ttl=60)
+    user_id = new_user_id()
+    assert backend_a.get(user_id) is None
+    backend_a.fill(user_id, 3)  # a reader's copy of what Postgres said
+    backend_b.publish({user_id: 5})  # a writer's commit
+    backend_a.publish({user_id: 4})  # an older writer, late
+    backend_b.fill(user_id, 3)  # a slow reader that read Postgres before both commits
+    assert backend_a.get(user_id) == backend_b.get(user_id) == 5
+
+
+def test_concurrent_writers_leave_the_highest_version(memcached: Memcached) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    caches = [Cache([memcached.server]) for _ in range(4)]
+    key = cache_key("version", new_user_id())
+    versions = list(range(1, 41))
+    random.shuffle(versions)
+    with ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda v: caches[v % 4].raise_to(key, v, 60, "version", attempts=50), versions))
+    assert all(done)
+    assert caches[0].get(key, "version") == 40
+
+
 def test_memcached_outage_degrades_to_misses_and_recovers(memcached: Memcached) -> None:
     own = Memcached(free_port()).start()
     seen = Recorder()

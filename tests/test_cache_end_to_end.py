@@ -11,9 +11,13 @@ import psycopg2
 import pytest
 from conftest import BOT_TOKEN, TEST_DSN, auth_header, image_bytes, make_config, upload
 from processes import Memcached, free_port, gunicorn
+from pymemcache.client.base import Client as MemcacheClient
 
 from tests.fakes.brand_server import BrandServer
 from wardrobe.app import create_app
+from wardrobe.store.db import Pool
+from wardrobe.store.items import Items
+from wardrobe.store.jobs import JobLedger
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +27,11 @@ def memcached():
     server.kill()
 
 
-@pytest.fixture
-def cached_app(tmp_path, memcached):
+# Where list reads take the wardrobe version: Postgres (the default), or memcached kept for 300 s.
+@pytest.fixture(params=["0", "300"], ids=["version-from-postgres", "version-from-memcached"])
+def cached_app(request, tmp_path, memcached):
     def make(**overrides):
+        overrides.setdefault("WARDROBE_VERSION_CACHE_TTL", request.param)
         config = make_config(tmp_path, WARDROBE_MEMCACHED_SERVERS=memcached.server, **overrides)
         return falcon.testing.TestClient(create_app(config))
 
@@ -45,6 +51,63 @@ def test_a_write_is_visible_at_once_through_another_backend_sharing_the_cache(ca
     # ...and a write through backend A (which bumps the version) is seen by B on the very next request.
     backend_a.simulate_patch(f"/api/v1/items/{item['id']}", json={"notes": "green"}, headers=user)
     assert backend_b.simulate_get("/api/v1/items", headers=user).json["items"][0]["notes"] == "green"
+
+
+def test_every_write_path_is_seen_at_once_by_a_backend_holding_a_cached_page(cached_app, user):
+    backend_a, backend_b = cached_app(), cached_app()
+    item = upload(backend_a, user, image_bytes(), notes="one").json["item"]
+
+    def seen_by_b() -> list[tuple[str, str]]:
+        page = backend_b.simulate_get("/api/v1/items", headers=user).json["items"]
+        return [(i["notes"], i["status"]) for i in page]
+
+    assert seen_by_b() == [("one", "processing")]
+    upload(backend_a, user, image_bytes(color=(5, 6, 7)), notes="two")
+    assert seen_by_b() == [("two", "processing"), ("one", "processing")]
+    backend_a.simulate_delete(f"/api/v1/items/{item['id']}", headers=user)
+    assert seen_by_b() == [("two", "processing")]
+    backend_a.simulate_patch("/api/v1/me", json={"style": ["casual"]}, headers=user)
+    capsules = backend_b.simulate_get("/api/v1/capsules", headers=user)
+    backend_a.simulate_post("/api/v1/capsules", json={"occasion": "work"}, headers=user)
+    again = backend_b.simulate_get(
+        "/api/v1/capsules", headers={**user, "If-None-Match": capsules.headers["etag"]}
+    )
+    assert again.status_code == 200 and len(again.json["items"]) == len(capsules.json["items"]) + 1
+
+
+def test_a_workers_result_is_seen_at_once_by_a_backend_holding_a_cached_page(tmp_path, cached_app, user):
+    from tasks.work import version_cache
+
+    backend_a, backend_b = cached_app(), cached_app()
+    uploaded = upload(backend_a, user, image_bytes()).json
+    assert [i["status"] for i in backend_b.simulate_get("/api/v1/items", headers=user).json["items"]] == [
+        "processing"
+    ]
+    # What a worker's runtime does (tasks/work.py), minus the cutout and the model.
+    config = backend_a.app.services.config
+    pool = Pool(TEST_DSN, size=2, overflow=0)
+    versions = version_cache(config)
+    items, ledger = Items(versions.publishing(pool) if versions else pool), JobLedger(pool)
+    try:
+        job = ledger.claim(uploaded["job"]["id"], "cutout", 60)
+        row = items.for_job(job["item_id"])
+        assert items.cutout_done(row, job, "0" * 64 + ".png")
+        assert backend_b.simulate_get("/api/v1/items", headers=user).json["items"][0]["cutout_url"]
+        job = ledger.claim(uploaded["job"]["id"], "analyze", 60)
+        assert items.analysis_done(row, job, {"category": "top", "colors": ["red"]}, {"source": "test"})
+        page = backend_b.simulate_get("/api/v1/items", headers=user).json["items"]
+        assert [(i["status"], i["category"]) for i in page] == [("ready", "top")]
+    finally:
+        pool.close()
+
+
+def test_reads_stay_fresh_when_memcached_forgets_the_version(cached_app, memcached, user):
+    backend_a, backend_b = cached_app(), cached_app()
+    item = upload(backend_a, user, image_bytes(), notes="before").json["item"]
+    assert backend_b.simulate_get("/api/v1/items", headers=user).json["items"][0]["notes"] == "before"
+    MemcacheClient(("127.0.0.1", memcached.port)).flush_all(noreply=False)  # evicted, restarted, ...
+    backend_a.simulate_patch(f"/api/v1/items/{item['id']}", json={"notes": "after"}, headers=user)
+    assert backend_b.simulate_get("/api/v1/items", headers=user).json["items"][0]["notes"] == "after"
 
 
 def test_etag_round_trip_and_cache_headers(cached_app, user):

@@ -37,7 +37,7 @@ from wardrobe.store.capsules import Capsules
 from wardrobe.store.db import Pool
 from wardrobe.store.items import Items
 from wardrobe.store.jobs import JobLedger, Jobs
-from wardrobe.store.users import Users
+from wardrobe.store.users import Users, VersionCache
 from wardrobe.web import errors, middleware
 from wardrobe.web.auth import InitDataValidator
 from wardrobe.web.http_cache import JsonValidators
@@ -89,20 +89,24 @@ class Services:
             idle_tx_timeout_ms=config.db_idle_tx_timeout_ms,
             application_name="wardrobe-api",
             observer=observability.PoolMetrics(),
+            pooler=config.db_pooler,
         )
         redis = overrides.pop("redis", None) or connect_redis(
             config.redis_url, pool_size=config.redis_pool_size, timeout=config.redis_timeout
         )
         cache = overrides.pop("cache", None) or _cache(config)
+        caching = config.version_cache_ttl and not isinstance(cache, NullCache)
+        versions = VersionCache(cache, config.version_cache_ttl) if caching else None
+        writes = versions.publishing(pool) if versions else pool  # bumps reach memcached after each commit
         jobs = Jobs(pool)
         profiler, pusher = build_profiler(config, role="api", share=True)
         values: dict[str, Any] = {
             "config": config,
             "pool": pool,
-            "users": Users(pool),
-            "items": Items(pool, max_attempts=config.job_max_attempts),
+            "users": Users(writes, versions=versions),
+            "items": Items(writes, max_attempts=config.job_max_attempts),
             "jobs": jobs,
-            "capsules": Capsules(pool, max_attempts=config.job_max_attempts),
+            "capsules": Capsules(writes, max_attempts=config.job_max_attempts),
             "store": ImageStore(config.images_dir),
             "offload": ThreadOffload(config.image_threads),
             "redis": redis,

@@ -6,7 +6,9 @@ Upstream protocol: `GET {base_url}/brands?q=<normalised query>&limit=<n>` answer
 
 from __future__ import annotations
 
-import difflib
+import bisect
+import functools
+import itertools
 import json
 import math
 import re
@@ -20,6 +22,8 @@ from typing import Any, Protocol
 import gevent
 import requests
 import urllib3
+from rapidfuzz import process
+from rapidfuzz.distance import Indel, LCSseq
 
 from wardrobe.clients.cache import MISSING, Cache, NullCache
 from wardrobe.green import gevent_active
@@ -103,54 +107,177 @@ class BrandSearch(Protocol):
 
 
 class CatalogueBrands:
-    """Searches a fixed list of brand names: exact, prefix, word prefix, substring, then fuzzy (difflib)."""
+    """Searches a fixed list of brand names: exact, prefix, word prefix, substring, then fuzzy.
 
-    def __init__(self, names: Iterable[str] | None = None):
+    The first four tiers come from indexes built once (dicts, sorted keys searched with bisect, and one joined
+    string searched with `str.find`), the fuzzy tier from rapidfuzz in C; answers are kept per folded query in a
+    small LRU, because autocomplete asks the same few prefixes over and over.
+    """
+
+    def __init__(self, names: Iterable[str] | None = None, cache_size: int = 4096):
         if names is None:
             text = resources.files("wardrobe").joinpath("data/brands.txt").read_text(encoding="utf-8")
             names = (line.strip() for line in text.splitlines() if not line.startswith("#"))
-        self._entries = []
+        self._names: list[str] = []
+        self._folded: list[str] = []
+        self._compact: list[str] = []
+        self._sort_keys: list[tuple[int, str, str]] = []
         seen = set()
         for name in names:
             folded = _fold(name)
             if name and folded not in seen:
                 seen.add(folded)
-                self._entries.append((name, folded, _words(folded), _compact(folded)))
+                self._names.append(name)
+                self._folded.append(folded)
+                self._compact.append(_compact(folded))
+                self._sort_keys.append((len(name), folded, name))
+        self._exact = {folded: i for i, folded in enumerate(self._folded)}
+        self._exact_compact: dict[str, list[int]] = {}
+        self._by_initial: dict[str, list[int]] = {}
+        for i, compact in enumerate(self._compact):
+            if compact:
+                self._exact_compact.setdefault(compact, []).append(i)
+                self._by_initial.setdefault(compact[0], []).append(i)
+        self._prefix_folded = _SortedKeys((folded, i) for i, folded in enumerate(self._folded))
+        self._prefix_compact = _SortedKeys((c, i) for i, c in enumerate(self._compact) if c)
+        # " words" in " name words" means the query's words start at one of the name's word boundaries: every
+        # suffix of the name's words that starts at a boundary, searched by prefix, finds exactly those.
+        self._prefix_words = _SortedKeys(
+            (words[start:], i)
+            for i, words in enumerate(_words(folded) for folded in self._folded)
+            for start in (0, *(pos + 1 for pos, ch in enumerate(words) if ch == " "))
+        )
+        self._substring_folded = _Joined(self._folded)
+        self._substring_compact = _Joined(self._compact)
+        # Filled on first use; bounded by the query lengths (2..64) and the names' first letters.
+        self._bands: dict[tuple[int, int], tuple[list[str], list[int]]] = {}
+        self._head_slices: dict[tuple[str, int], tuple[list[str], list[int]]] = {}
+        self._ranked = functools.lru_cache(maxsize=cache_size)(self._rank)
 
     def match(self, q: str, limit: int = 10) -> list[str]:
-        folded = _fold(normalise_query(q))
+        # Ranked once at the largest limit: the fuzzy tier only fills in after the others and ranks last, so a
+        # shorter list is always a prefix of the longest one.
+        return list(self._ranked(_fold(normalise_query(q)))[:limit])
+
+    def _rank(self, folded: str) -> tuple[str, ...]:
         words, compact = _words(folded), _compact(folded)
-        ranked: list[tuple[int, float, int, str, str]] = []
-        unmatched = []
-        for name, n_folded, n_words, n_compact in self._entries:
-            if folded == n_folded or (compact and compact == n_compact):
-                tier = 0
-            elif n_folded.startswith(folded) or (compact and n_compact.startswith(compact)):
-                tier = 1
-            elif words and f" {n_words}".find(f" {words}") >= 0:
-                tier = 2
-            elif folded in n_folded or (compact and compact in n_compact):
-                tier = 3
-            else:
-                unmatched.append((name, n_compact))
-                continue
-            ranked.append((tier, 0.0, len(name), n_folded, name))
+        tiers: dict[int, int] = {}
+
+        def found(tier: int, indexes: Iterable[int]) -> None:
+            for i in indexes:
+                if i not in tiers:
+                    tiers[i] = tier
+
+        # Lower tiers first, so each name keeps the best tier it reaches, as the checks in order would give.
+        if folded in self._exact:
+            found(0, (self._exact[folded],))
+        if compact:
+            found(0, self._exact_compact.get(compact, ()))
+        found(1, self._prefix_folded.starting_with(folded))
+        if compact:
+            found(1, self._prefix_compact.starting_with(compact))
+        if words:
+            found(2, self._prefix_words.starting_with(words))
+        found(3, self._substring_folded.containing(folded))
+        if compact:
+            found(3, self._substring_compact.containing(compact))
+        ranked = [(tier, 0.0, *self._sort_keys[i]) for i, tier in tiers.items()]
         # Fuzzy matching is the slow tier and always ranks last, so it only runs to fill the list.
-        if len(ranked) < limit and len(compact) >= 3:
-            for name, n_compact in unmatched:
-                score = difflib.SequenceMatcher(None, compact, n_compact).ratio()
-                # Comparing with the name's start catches typos in a half-typed name; requiring the same
-                # first letter keeps short queries from matching anagrams ("zara" is not "arma...").
-                if compact[0] == n_compact[:1]:
-                    head = difflib.SequenceMatcher(None, compact, n_compact[: len(compact)]).ratio()
-                    score = max(score, head)
-                if score >= _FUZZY_CUTOFF:
-                    ranked.append((4, -score, len(name), _fold(name), name))
+        if len(ranked) < MAX_LIMIT and len(compact) >= 3:
+            for i, score in self._fuzzy(compact, tiers).items():
+                ranked.append((4, -score, *self._sort_keys[i]))
         ranked.sort()
-        return [entry[-1] for entry in ranked[:limit]]
+        return tuple(entry[-1] for entry in ranked[:MAX_LIMIT])
+
+    def _fuzzy(self, compact: str, exclude: dict[int, int]) -> dict[int, float]:
+        """Names within the cutoff of the query, by the similarity 2 * LCS / total length.
+
+        That is difflib's ratio with the longest common subsequence in place of difflib's greedy matching
+        blocks, so it is never lower than difflib's and usually equal; rapidfuzz computes it in C.
+        """
+        size = len(compact)
+        # 2 * LCS / (a + b) reaches the cutoff c only if the other length is within [a * c / (2 - c),
+        # a * (2 - c) / c]: the names outside that band are never handed to rapidfuzz.
+        lo = math.ceil(size * _FUZZY_CUTOFF / (2 - _FUZZY_CUTOFF) - 1e-9)
+        hi = math.floor(size * (2 - _FUZZY_CUTOFF) / _FUZZY_CUTOFF + 1e-9)
+        band = self._band(max(lo, 1), hi)
+        # Comparing with the name's start catches typos in a half-typed name; requiring the same first letter
+        # keeps short queries from matching anagrams ("zara" is not "arma...").
+        heads = self._heads(compact[0], size)
+        scores: dict[int, float] = {}
+        for choices, indexes, whole in ((band[0], band[1], True), (heads[0], heads[1], False)):
+            # A hair under the cutoff: rapidfuzz's float may differ from the exact ratio in the last bit.
+            near = process.extract(
+                compact,
+                choices,
+                scorer=Indel.normalized_similarity,
+                score_cutoff=_FUZZY_CUTOFF - 1e-9,
+                limit=None,
+            )
+            for _, _, at in near:
+                i = indexes[at]
+                if i not in exclude:
+                    score = _ratio(compact, self._compact[i] if whole else choices[at])
+                    if score >= _FUZZY_CUTOFF and score > scores.get(i, 0.0):
+                        scores[i] = score
+        return scores
+
+    def _band(self, lo: int, hi: int) -> tuple[list[str], list[int]]:
+        key = (lo, hi)
+        if key not in self._bands:
+            indexes = [i for i, c in enumerate(self._compact) if lo <= len(c) <= hi]
+            self._bands[key] = ([self._compact[i] for i in indexes], indexes)
+        return self._bands[key]
+
+    def _heads(self, initial: str, size: int) -> tuple[list[str], list[int]]:
+        key = (initial, size)
+        if key not in self._head_slices:
+            indexes = self._by_initial.get(initial, [])
+            self._head_slices[key] = ([self._compact[i][:size] for i in indexes], indexes)
+        return self._head_slices[key]
 
     def search(self, q: str, limit: int = 10) -> dict[str, Any]:
         return _answer(self.match(q, _check_limit(limit)), "catalogue", limit)
+
+
+def _ratio(a: str, b: str) -> float:
+    total = len(a) + len(b)
+    return 2.0 * LCSseq.similarity(a, b) / total if total else 1.0
+
+
+class _SortedKeys:
+    """(key, entry index) pairs sorted by key: the keys starting with a prefix are one run found by bisect."""
+
+    def __init__(self, pairs: Iterable[tuple[str, int]]):
+        ordered = sorted(pairs)
+        self._keys = [key for key, _ in ordered]
+        self._entries = [i for _, i in ordered]
+
+    def starting_with(self, prefix: str) -> Iterable[int]:
+        keys, at = self._keys, bisect.bisect_left(self._keys, prefix)
+        while at < len(keys) and keys[at].startswith(prefix):
+            yield self._entries[at]
+            at += 1
+
+
+class _Joined:
+    """Every text in one string, so a substring search over all of them is `str.find` in C."""
+
+    # A query never contains it: normalise_query refuses unprintable characters.
+    _SEPARATOR = "\x00"
+
+    def __init__(self, texts: list[str]):
+        self._text = self._SEPARATOR.join(texts)
+        self._starts = list(itertools.accumulate((len(t) + 1 for t in texts[:-1]), initial=0))
+
+    def containing(self, needle: str) -> Iterable[int]:
+        at = self._text.find(needle)
+        while at >= 0:
+            i = bisect.bisect_right(self._starts, at) - 1
+            yield i
+            if i + 1 >= len(self._starts):
+                return
+            at = self._text.find(needle, self._starts[i + 1])
 
 
 class CircuitBreaker:
