@@ -52,6 +52,10 @@ def start_memcached(log_dir: Path, memory_mb: int = 256) -> tuple[Child, str]:
     return child, f"127.0.0.1:{port}"
 
 
+# The windows of the A/B runs over item pages: 7 s saturated and paced after 1 s of warm-up, hit rates read.
+PAGE_WINDOWS: dict[str, Any] = {"seconds": 7.0, "warmup": 1.0, "paced": True, "with_cache_metrics": True}
+
+
 @dataclasses.dataclass
 class Variant:
     """One way of running the API; `env` is what differs from the common settings."""

@@ -113,3 +113,33 @@ def reading_it(points: list[str], errors: str) -> list[str]:
         f"- Errors over the whole run: {errors}.",
         "",
     ]
+
+
+def windows(
+    plan: Plan,
+    result: dict[str, Any],
+    notes: list[str],
+    *,
+    hit_rate: bool = True,
+    rate_note: tuple[str, ...] = (),
+) -> list[str]:
+    """What every A/B report ends with: the saturated and the fixed-rate window, the setup, how to read it."""
+    closed, paced = result["summary"]["closed"], result["summary"]["paced"]
+    return [
+        "### Saturated (closed loop)",
+        "",
+        *variant_table(plan, closed, hit_rate),
+        "",
+        *ratio_table(closed),
+        "",
+        f"### Fixed rate ({result['paced_rate_rps']:.0f} req/s, open loop)",
+        "",
+        *rate_note,
+        *variant_table(plan, paced, hit_rate),
+        "",
+        *ratio_table(paced),
+        "",
+        *setup_lines(result),
+        "",
+        *reading_it(notes, f"{errors_by_variant(closed)} (closed); {errors_by_variant(paced)} (paced)"),
+    ]

@@ -12,7 +12,7 @@ from typing import Any
 
 from bench import ab
 from bench.ab import Plan, Variant
-from bench.ab_report import errors_by_variant, ratio_table, reading_it, setup_lines, variant_table
+from bench.ab_report import windows
 
 QUESTION = (
     "Cache hit rate and latency/throughput of GET /api/v1/items with the cache off, on, and on without the "
@@ -26,17 +26,7 @@ def plan(memcached: str) -> Plan:
         Variant("on", {"WARDROBE_MEMCACHED_SERVERS": memcached}),
         Variant("on-no-lru", {"WARDROBE_MEMCACHED_SERVERS": memcached, "WARDROBE_CACHE_LOCAL_TTL": "0"}),
     ]
-    return Plan(
-        "cache",
-        QUESTION,
-        variants,
-        "off",
-        rounds=5,
-        seconds=7.0,
-        warmup=1.0,
-        paced=True,
-        with_cache_metrics=True,
-    )
+    return Plan("cache", QUESTION, variants, "off", rounds=5, **ab.PAGE_WINDOWS)
 
 
 def markdown(plan: Plan, result: dict[str, Any], args: argparse.Namespace | None = None) -> str:
@@ -63,27 +53,9 @@ def markdown(plan: Plan, result: dict[str, Any], args: argparse.Namespace | None
         f"- p95 at a fixed {result['paced_rate_rps']:.0f} req/s, on/off: **x{p95['median']:.2f}** "
         f"(rounds {p95['min']:.2f}-{p95['max']:.2f}).",
         "",
-        "### Saturated (closed loop)",
-        "",
-        *variant_table(plan, closed, True),
-        "",
-        *ratio_table(closed),
-        "",
-        f"### Fixed rate ({result['paced_rate_rps']:.0f} req/s, open loop)",
-        "",
-        "The rate is fixed (`--paced-rate`) so that every variant gets the same offered load; saturated "
-        "throughput in this run's calibration was "
-        + ", ".join(f"{k} {v} req/s" for k, v in result["calibration_rps"].items())
-        + ". Latency counts from each request's scheduled start, so a stall is not hidden by the client "
-        "waiting for it.",
-        "",
-        *variant_table(plan, paced, True),
-        "",
-        *ratio_table(paced),
-        "",
-        *setup_lines(result),
-        "",
-        *reading_it(
+        *windows(
+            plan,
+            result,
             [
                 ", so saturated numbers are a whole-machine ceiling, not the API's alone; the variants pay that "
                 "equally.",
@@ -92,15 +64,18 @@ def markdown(plan: Plan, result: dict[str, Any], args: argparse.Namespace | None
                 "- Saturated latency is mostly queueing (connections / throughput); the fixed-rate table is the "
                 "one to read for what a user waits.",
             ],
-            f"{errors_by_variant(closed)} (closed); {errors_by_variant(paced)} (paced)",
+            rate_note=(
+                "The rate is fixed (`--paced-rate`) so that every variant gets the same offered load; saturated "
+                "throughput in this run's calibration was "
+                + ", ".join(f"{k} {v} req/s" for k, v in result["calibration_rps"].items())
+                + ". Latency counts from each request's scheduled start, so a stall is not hidden by the client "
+                "waiting for it.",
+                "",
+            ),
         ),
     ]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ab.main("cache", plan, markdown, __doc__.split("\n\n")[0], argv)
-
-
 if __name__ == "__main__":
-    ab.run_command(main)
+    ab.run_command(lambda: ab.main("cache", plan, markdown, __doc__.split("\n\n")[0], None))

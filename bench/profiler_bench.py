@@ -124,9 +124,5 @@ def markdown(plan: Plan, result: dict[str, Any], args: argparse.Namespace) -> st
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ab.main("profiler", plan, markdown, __doc__.split("\n\n")[0], argv)
-
-
 if __name__ == "__main__":
-    ab.run_command(main)
+    ab.run_command(lambda: ab.main("profiler", plan, markdown, __doc__.split("\n\n")[0], None))

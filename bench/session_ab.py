@@ -91,18 +91,10 @@ class SessionMix:
         return "first_page", "GET", "/api/v1/items?limit=20", None, uid
 
 
-class Driver:
-    def __init__(self, base: str, mix: SessionMix, connections: int) -> None:
-        from geventhttpclient import URL, HTTPClient
+class Driver(ab.Driver):
+    """ab's driver (the same client and connections) over the session mix's requests."""
 
-        self._client = HTTPClient.from_url(
-            URL(base), concurrency=connections, connection_timeout=5, network_timeout=10
-        )
-        self._mix = mix
-        self._connections = connections
-
-    def close(self) -> None:
-        self._client.close()
+    _mix: SessionMix
 
     def _get(self, uid: int, path: str) -> Any:
         resp = self._client.get(path, headers={"Authorization": self._mix.auth[uid]})
@@ -127,25 +119,6 @@ class Driver:
         for uid in self._mix.user_ids:
             pool.spawn(learn, uid)
         pool.join()
-
-    def _one(self, rng: random.Random, serial: int, segment: Segment | None, started: float | None) -> None:
-        kind, method, path, body, uid = self._mix.next(rng, serial)
-        headers = {"Authorization": self._mix.auth[uid]}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        began = time.perf_counter() if started is None else started
-        try:
-            resp = self._client.request(method, path, body=body, headers=headers)
-            status = resp.status_code
-            resp.read()
-            resp.release()
-        except Exception:  # a transport failure is one error in the tally, not the end of the run
-            status = 0
-        if segment is not None:
-            segment.record(kind, status, (time.perf_counter() - began) * 1000)
-
-    closed = ab.Driver.closed
-    paced = ab.Driver.paced
 
 
 def summarize(segment: Segment) -> dict[str, Any]:

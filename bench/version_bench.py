@@ -13,7 +13,7 @@ from typing import Any
 
 from bench import ab
 from bench.ab import Plan, Variant
-from bench.ab_report import errors_by_variant, ratio_table, reading_it, setup_lines, variant_table
+from bench.ab_report import windows
 
 QUESTION = (
     "API CPU per request, throughput and latency of GET /api/v1/items with the wardrobe version read from "
@@ -26,17 +26,7 @@ def plan(memcached: str) -> Plan:
         Variant("postgres", {"WARDROBE_VERSION_CACHE_TTL": "0"}),
         Variant("memcached", {"WARDROBE_VERSION_CACHE_TTL": "300"}),
     ]
-    return Plan(
-        "version",
-        QUESTION,
-        variants,
-        "postgres",
-        rounds=6,
-        seconds=7.0,
-        warmup=1.0,
-        paced=True,
-        with_cache_metrics=True,
-    )
+    return Plan("version", QUESTION, variants, "postgres", rounds=6, **ab.PAGE_WINDOWS)
 
 
 def markdown(plan: Plan, result: dict[str, Any], args: argparse.Namespace | None = None) -> str:
@@ -67,35 +57,18 @@ def markdown(plan: Plan, result: dict[str, Any], args: argparse.Namespace | None
         f"- p95 at a fixed {result['paced_rate_rps']:.0f} req/s: x{p95['median']:.2f} "
         f"(rounds {p95['min']:.2f}-{p95['max']:.2f}).",
         "",
-        "### Saturated (closed loop)",
-        "",
-        *variant_table(plan, closed, True),
-        "",
-        *ratio_table(closed),
-        "",
-        f"### Fixed rate ({result['paced_rate_rps']:.0f} req/s, open loop)",
-        "",
-        *variant_table(plan, paced, True),
-        "",
-        *ratio_table(paced),
-        "",
-        *setup_lines(result),
-        "",
-        *reading_it(
+        *windows(
+            plan,
+            result,
             [
                 ", so saturated numbers are a whole-machine ceiling; both variants pay that equally.",
                 "- Both variants share one memcached, as backends do in production; the rotating order spreads "
                 "one variant's page fills serving the other's reads evenly.",
             ],
-            f"{errors_by_variant(closed)} (closed); {errors_by_variant(paced)} (paced)",
         ),
     ]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ab.main("version", plan, markdown, __doc__.split("\n\n")[0], argv)
-
-
 if __name__ == "__main__":
-    ab.run_command(main)
+    ab.run_command(lambda: ab.main("version", plan, markdown, __doc__.split("\n\n")[0], None))

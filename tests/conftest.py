@@ -39,6 +39,22 @@ def server_env(tmp_path: Path, **overrides) -> dict[str, str]:
     return environ
 
 
+def stack_env(
+    tmp_path: Path, redis_url: str, openai_url: str, keys: list[str], **overrides
+) -> dict[str, str]:
+    """A whole stack's environment (API and both consumers): private Redis, the OpenAI fake, the real model."""
+    from harness.processes import ROOT
+
+    return server_env(
+        tmp_path,
+        WARDROBE_REDIS_URL=redis_url,
+        WARDROBE_OPENAI_API_KEYS=",".join(keys),
+        WARDROBE_OPENAI_BASE_URL=openai_url,
+        WARDROBE_U2NET_HOME=ROOT / "var" / "models",
+        **overrides,
+    )
+
+
 def make_config(tmp_path: Path, **overrides) -> Config:
     return Config.from_env(server_env(tmp_path, **overrides))
 

@@ -8,7 +8,7 @@ import urllib.request
 
 import falcon.testing
 import pytest
-from conftest import BOT_TOKEN, TEST_DSN, image_bytes, make_config, settle_unfinished_jobs, upload
+from conftest import image_bytes, make_config, settle_unfinished_jobs, stack_env, upload
 from PIL import Image, ImageDraw
 from processes import RedisServer, free_port, worker
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,21 +39,15 @@ def stack(tmp_path_factory):
     settle_unfinished_jobs()
     redis = RedisServer(tmp / "redis.log").start()
     fake = FakeOpenAI(keys=KEYS, latency=0.2).start()
-    env = {
-        "WARDROBE_DATABASE_URL": TEST_DSN,
-        "WARDROBE_DATA_DIR": str(tmp / "data"),
-        "WARDROBE_TELEGRAM_BOT_TOKEN": BOT_TOKEN,
-        "WARDROBE_REDIS_URL": redis.url,
-        "WARDROBE_OPENAI_API_KEYS": ",".join(KEYS),
-        "WARDROBE_OPENAI_BASE_URL": fake.url,
-        "WARDROBE_JOB_LEASE_SECONDS": "6",
-        "WARDROBE_REAPER_INTERVAL": "1",
-        "WARDROBE_REAPER_GRACE": "1",
-        "WARDROBE_PROFILE_HZ": "0",
-    }
-    from processes import ROOT
-
-    env["WARDROBE_U2NET_HOME"] = str(ROOT / "var" / "models")
+    env = stack_env(
+        tmp,
+        redis.url,
+        fake.url,
+        KEYS,
+        WARDROBE_JOB_LEASE_SECONDS=6,
+        WARDROBE_REAPER_INTERVAL=1,
+        WARDROBE_REAPER_GRACE=1,
+    )
     metrics_ports = {"images": free_port(), "ai": free_port()}
     procs = {
         "images": worker(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import BOT_TOKEN, _user_ids, server_env, settle_unfinished_jobs
+from conftest import BOT_TOKEN, _user_ids, settle_unfinished_jobs, stack_env
 from PIL import Image, ImageDraw
 from processes import ROOT, RedisServer, gunicorn, worker
 from test_jobs import shirt_photo
@@ -91,14 +91,8 @@ def stack(tmp_path_factory):
     settle_unfinished_jobs()
     redis = RedisServer(tmp / "redis.log").start()
     fake = FakeOpenAI(keys=KEYS, latency=0.1).start()
-    env = server_env(
-        tmp,
-        WARDROBE_REDIS_URL=redis.url,
-        WARDROBE_OPENAI_API_KEYS=",".join(KEYS),
-        WARDROBE_OPENAI_BASE_URL=fake.url,
-        WARDROBE_U2NET_HOME=ROOT / "var" / "models",
-        WARDROBE_RATE_LIMIT_CAPSULE="1/60",  # a second capsule within the minute gets a real 429
-    )
+    # A second capsule within the minute gets a real 429.
+    env = stack_env(tmp, redis.url, fake.url, KEYS, WARDROBE_RATE_LIMIT_CAPSULE="1/60")
     procs = {
         "images": worker("images", env, tmp / "images.log"),
         "ai": worker("ai", env, tmp / "ai.log", "--no-periodic"),
