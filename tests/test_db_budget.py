@@ -25,45 +25,72 @@ ANSIBLE = REPO / "ansible"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 REAPERS_PER_WORKER_BOX = 2  # every consumer (images, ai) forks one (tasks/main.py), with a pool of 1
 
-RENDER = """
-- name: Render the app's env file as a box of each tier gets it
-  hosts: api01:worker01
-  connection: local
-  gather_facts: false
-  roles: [wardrobe_app]
-  tasks:
-    - name: Render the env file
-      ansible.builtin.template:
-        src: {ansible}/roles/wardrobe_app/templates/wardrobe.env.j2
-        dest: "{out}/{{{{ inventory_hostname }}}}.env"
-        mode: "0600"
-      tags: [render]
 
-- name: Render the Postgres host's settings
-  hosts: db01
-  connection: local
-  gather_facts: false
-  roles: [postgres, pgbouncer]
-  tasks:
-    - name: Render the Postgres tuning file
-      ansible.builtin.template:
-        src: {ansible}/roles/postgres/templates/wardrobe.conf.j2
-        dest: "{out}/postgres.conf"
-        mode: "0600"
-      tags: [render]
-    - name: Render the PgBouncer configuration
-      ansible.builtin.template:
-        src: {ansible}/roles/pgbouncer/templates/pgbouncer.ini.j2
-        dest: "{out}/pgbouncer.ini"
-        mode: "0600"
-      tags: [render]
-    - name: Render the PgBouncer unit's limits
-      ansible.builtin.template:
-        src: {ansible}/roles/pgbouncer/templates/limits.conf.j2
-        dest: "{out}/pgbouncer-limits.conf"
-        mode: "0600"
-      tags: [render]
-"""
+def render_play(hosts: str, roles: list[str], files: list[tuple[str, str, str]], out: Path) -> dict:
+    """A play that renders each role template (name, template under ansible/roles, file under `out`)."""
+    return {
+        "name": f"Render what {hosts} gets",
+        "hosts": hosts,
+        "connection": "local",
+        "gather_facts": False,
+        "roles": roles,
+        "tasks": [
+            {
+                "name": name,
+                "ansible.builtin.template": {
+                    "src": str(ANSIBLE / "roles" / src),
+                    "dest": f"{out}/{dest}",
+                    "mode": "0600",
+                },
+                "tags": ["render"],
+            }
+            for name, src, dest in files
+        ],
+    }
+
+
+def render_playbook(out: Path) -> str:
+    return yaml.safe_dump(
+        [
+            render_play(
+                "api01:worker01",
+                ["wardrobe_app"],
+                [
+                    (
+                        "Render the env file",
+                        "wardrobe_app/templates/wardrobe.env.j2",
+                        "{{ inventory_hostname }}.env",
+                    )
+                ],
+                out,
+            ),
+            render_play(
+                "db01",
+                ["postgres", "pgbouncer"],
+                [
+                    (
+                        "Render the Postgres tuning file",
+                        "postgres/templates/wardrobe.conf.j2",
+                        "postgres.conf",
+                    ),
+                    (
+                        "Render the PgBouncer configuration",
+                        "pgbouncer/templates/pgbouncer.ini.j2",
+                        "pgbouncer.ini",
+                    ),
+                    (
+                        "Render the PgBouncer unit's limits",
+                        "pgbouncer/templates/limits.conf.j2",
+                        "pgbouncer-limits.conf",
+                    ),
+                ],
+                out,
+            ),
+        ],
+        sort_keys=False,
+    )
+
+
 SECRETS = [
     "vault_wardrobe_telegram_bot_token=1234567890:budget",
     "vault_wardrobe_openai_api_keys=sk-budget",
@@ -82,7 +109,7 @@ def rendered(tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("budget")
     playbook = out / "render.yml"
-    playbook.write_text(RENDER.format(ansible=ANSIBLE, out=out))
+    playbook.write_text(render_playbook(out))
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
