@@ -1,4 +1,5 @@
-"""Versioned SQL migrations (yoyo-migrations), applied under an advisory lock so concurrent runs are safe."""
+"""Versioned SQL migrations (yoyo-migrations), applied under yoyo's lock (a row in its yoyo_lock table) so concurrent runs
+are safe. Run them straight against Postgres, not through a transaction-mode pooler."""
 
 from __future__ import annotations
 
