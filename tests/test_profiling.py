@@ -90,7 +90,7 @@ def _one(fields, number, default=0):
 
 
 def decode_profile(blob: bytes) -> dict:
-    """Decode a gzipped profile.proto and check every hard rule of PROTOCOLS.md on the way."""
+    """Decode a gzipped profile.proto and check on the way every rule `go tool pprof` insists on (see wardrobe.ops.profiling.pprof)."""
     top = _fields(gzip.decompress(blob))
     strings = [value.decode() for n, value in top if n == 6]
     assert strings and strings[0] == "", "string_table[0] must be the empty string"
