@@ -10,6 +10,7 @@ import argparse
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 
 
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
 def _start_reaper(config, client, tasks) -> None:
     # A separate process, forked before the consumer forks or spawns anything (no threads to inherit).
     def run(parent: int) -> None:
+        # Ctrl-C reaches the whole process group; the consumer shuts down on it and ends this daemon process as it
+        # exits (SIGTERM), so here SIGINT would only print a KeyboardInterrupt traceback out of a sleep.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         from tasks.reaper import Reaper
         from wardrobe.queue import Dispatcher
         from wardrobe.store.capsules import Capsules
