@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s"
     )
+    from tasks import logs
+
+    logs.install()
     # Before anything imports prometheus_client: this consumer's processes share one metrics directory.
     metrics_dir = config.export_metrics_dir(f"worker-{args.queue}")
     from wardrobe.ops import metrics

@@ -319,8 +319,8 @@ class OpenAIAnalyzer:
         # The request is made (and paid for): a Redis hiccup while noting its headers must not lose it.
         try:
             update(*args)
-        except RedisError:
-            log.warning("could not update the OpenAI key budget", exc_info=True)
+        except RedisError as exc:  # the limiter fails open: the next call reads the budget afresh
+            log.warning("could not update the OpenAI key budget: %s: %s", type(exc).__name__, exc)
 
     def _classified(self, lease: Lease, exc: openai.APIStatusError) -> AIError:
         body = exc.body if isinstance(exc.body, dict) else {}
