@@ -13,7 +13,7 @@ from typing import Any
 
 from tasks.analysis import outfits
 from tasks.analysis.ai import ItemAnalyzer, PermanentAIError, RateLimited, TransientAIError
-from wardrobe.clients.images import ImageError, ImageStore
+from wardrobe.clients.images import ImageError, ImageStore, StoreUnavailable
 from wardrobe.store.capsules import Capsules
 from wardrobe.store.items import Items
 from wardrobe.store.jobs import JobLedger
@@ -42,7 +42,7 @@ class StageRunner:
     items: Items
     capsules: Capsules
     users: Users
-    store: ImageStore
+    store: ImageStore  # or objectstore.S3ImageStore
     ledger: JobLedger
     send: Callable[..., Any]  # Dispatcher.send
     lease_seconds: int = 300
@@ -160,6 +160,14 @@ class StageRunner:
             outcome = "succeeded" if done is not None else "advanced"
         except Superseded:
             outcome = "superseded"
+        except StoreUnavailable as exc:
+            # The image store is down for every job alike: not this job's fault, so no attempt is used up and
+            # nothing goes to Sentry per job; it runs again once the store answers (the reaper resends it if
+            # this send is lost).
+            log.warning("job %s (%s): image store unavailable, retrying: %s", job_id, stage, exc)
+            delay = backoff(job["attempts"])
+            retried = self._retry(job, f"image store unavailable: {exc}", delay, count_attempt=False)
+            outcome = "retrying" if retried else "superseded"
         except RateLimited as exc:
             # Not the job's fault: try again when a key has budget, without using up an attempt.
             deferred = self._retry(job, str(exc), exc.retry_after + random.uniform(0, 1), count_attempt=False)

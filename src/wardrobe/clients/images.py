@@ -1,5 +1,8 @@
 """Uploaded photos: recognise the format from the bytes, refuse bombs before decoding, strip metadata, and keep
 them under content-addressed names (`<sha256>.<ext>`) so their URLs can be cached forever.
+
+Two stores answer to one interface (`put`, `read`, `open`, `exists`, `probe`, `url`): `ImageStore`, a local
+directory, and `objectstore.S3ImageStore`; `objectstore.image_store(config)` picks one.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
 FORMATS = {"JPEG": ("jpg", "image/jpeg"), "PNG": ("png", "image/png"), "WEBP": ("webp", "image/webp")}
 CONTENT_TYPES = {ext: ctype for ext, ctype in FORMATS.values()}
 KEY_RE = re.compile(r"^[0-9a-f]{64}\.(jpg|png|webp)$")
+# A name is the hash of its bytes: whatever serves it (the API, nginx, a CDN, the bucket) may cache it forever.
+CACHE_CONTROL = "public, max-age=31536000, immutable"
 
 
 class ImageError(Exception):
@@ -33,6 +39,20 @@ class ImageTooLarge(ImageError):
 
 class CorruptImage(ImageError):
     status = 400
+
+
+class ImageMissing(FileNotFoundError):
+    """No image under that key in the store (a FileNotFoundError, as the local store has always raised)."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take or give images right now (unreachable, timing out, refusing): retry later."""
+
+
+def checked_key(key: str) -> str:
+    if not KEY_RE.match(key):
+        raise KeyError(key)
+    return key
 
 
 def sniff(data: bytes) -> str | None:
@@ -112,38 +132,55 @@ def downscale(
 
 
 class ImageStore:
-    """Content-addressed files on local disk (a shared volume or object store in the fleet)."""
+    """Content-addressed files in a local directory: one box, or a volume every box mounts."""
 
-    def __init__(self, root: Path) -> None:
+    shared = False  # a failing disk is this box's alone: the balancer should send traffic elsewhere
+
+    def __init__(self, root: Path, base_url: str = "") -> None:
         self.root = Path(root)
+        self.base_url = base_url
 
     def path(self, key: str) -> Path:
-        if not KEY_RE.match(key):
-            raise KeyError(key)
+        key = checked_key(key)
         return self.root / key[:2] / key[2:4] / key
 
     def put(self, data: bytes, ext: str) -> str:
         key = f"{hashlib.sha256(data).hexdigest()}.{ext}"
         path = self.path(key)
-        if path.exists():
-            return key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a reader never sees half a file, and a duplicate upload is a no-op.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            if path.exists():
+                return key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write then rename: a reader never sees half a file, and a duplicate upload is a no-op.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:  # a full, read-only or failing disk: the upload is refused as retryable
+            raise StoreUnavailable(f"image directory unwritable: {exc.strerror or exc}") from exc
         return key
 
     def read(self, key: str) -> bytes:
-        return self.path(key).read_bytes()
+        handle, _ = self.open(key)
+        with handle:
+            return handle.read()
+
+    def open(self, key: str) -> tuple[BinaryIO, int]:
+        """A file object of the image and its size; the caller closes it."""
+        try:
+            handle = self.path(key).open("rb")
+        except FileNotFoundError:
+            raise ImageMissing(key) from None
+        except OSError as exc:
+            raise StoreUnavailable(f"image directory unreadable: {exc.strerror or exc}") from exc
+        return handle, os.fstat(handle.fileno()).st_size
 
     def exists(self, key: str) -> bool:
         try:
@@ -151,6 +188,18 @@ class ImageStore:
         except KeyError:
             return False
 
-    @staticmethod
-    def url(key: str | None) -> str | None:
-        return f"/images/{key}" if key else None
+    def probe(self) -> None:
+        """For /readyz: the directory is there (or can be made) and this process may write to it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError(f"{self.root} is not writable")
+
+    def url(self, key: str | None) -> str | None:
+        return image_url(key, self.base_url)
+
+
+def image_url(key: str | None, base_url: str = "") -> str | None:
+    """Where clients fetch an image: under `base_url` (a CDN) if there is one, else from the API's /images/."""
+    if not key:
+        return None
+    return f"{base_url.rstrip('/')}/{key}" if base_url else f"/images/{key}"

@@ -9,7 +9,7 @@ import psycopg2
 import psycopg2.errors
 
 from wardrobe import jsonio
-from wardrobe.clients.images import ImageError
+from wardrobe.clients.images import ImageError, StoreUnavailable
 from wardrobe.store.db import DatabaseUnavailable, PoolTimeout
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,12 @@ def _image_error(req, resp, exc, params):
     raise falcon.HTTPError(
         falcon.code_to_http_status(exc.status), title="Invalid image", description=str(exc)
     )
+
+
+def _store_down(req, resp, exc, params):
+    # Raised before the item and its job are written (the image is stored first), so a retry starts clean.
+    log.warning("image store unavailable on %s %s: %s", req.method, req.path, exc)
+    raise ServiceUnavailable("Image storage is unavailable; retry shortly.", retry_after=5)
 
 
 def _unexpected(req, resp, exc, params):
@@ -84,3 +90,4 @@ def install(app: falcon.App, forget_user=None) -> None:
     if forget_user is not None:
         app.add_error_handler(psycopg2.errors.ForeignKeyViolation, _forgetting_users(forget_user))
     app.add_error_handler(ImageError, _image_error)
+    app.add_error_handler(StoreUnavailable, _store_down)

@@ -15,6 +15,7 @@ version (bench/README.md, "The version round trip").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 import falcon
 
 from wardrobe.clients.cache import MISSING
+from wardrobe.clients.images import image_url
 from wardrobe.store import pagination
 from wardrobe.store.capsules import Capsules
 from wardrobe.store.capsules import serialize as serialize_capsule
@@ -51,6 +53,7 @@ class WardrobeReads:
         cache: Any,
         capsule_ttl: int,
         seen_capacity: int = 200_000,
+        image_url: Callable[[str | None], str | None] = image_url,
     ) -> None:
         self._users = users
         self._cache = cache
@@ -59,7 +62,7 @@ class WardrobeReads:
         self._seen_capacity = seen_capacity
         # kind -> (load rows and next cursor, serialize one row, TTL)
         self._kinds: dict[str, tuple[Callable[..., Any], Callable[[Any], dict], int]] = {
-            "items": (items.list, serialize_item, ITEM_PAGE_TTL),
+            "items": (items.list, functools.partial(serialize_item, image_url=image_url), ITEM_PAGE_TTL),
             "capsules": (capsules.list, serialize_capsule, capsule_ttl),
         }
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import falcon
 
+from wardrobe.clients.images import image_url
 from wardrobe.store.capsules import Capsules
 from wardrobe.store.capsules import serialize as serialize_capsule
 from wardrobe.store.jobs import serialize as serialize_job
@@ -35,9 +38,10 @@ class CapsuleCollection(Collection):
 
 
 class Capsule:
-    def __init__(self, capsules: Capsules) -> None:
+    def __init__(self, capsules: Capsules, image_url: Callable[[str | None], str | None] = image_url) -> None:
         self._capsules = capsules
+        self._image_url = image_url  # the image store's: its items' images may be under a CDN
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, capsule_id: str) -> None:
         row, wardrobe = found(self._capsules.get(req.context.user.id, capsule_id), "capsule")
-        resp.media = serialize_capsule(row, wardrobe)
+        resp.media = serialize_capsule(row, wardrobe, self._image_url)

@@ -8,7 +8,7 @@ from typing import Any
 import falcon
 
 from wardrobe.clients import images
-from wardrobe.clients.images import ImageStore
+from wardrobe.clients.images import ImageStore, image_url
 from wardrobe.store.items import Items
 from wardrobe.store.items import serialize as serialize_item
 from wardrobe.store.jobs import serialize as serialize_job
@@ -32,7 +32,7 @@ class ItemCollection(Collection):
     def __init__(
         self,
         items: Items,
-        store: ImageStore,
+        store: ImageStore,  # or objectstore.S3ImageStore
         after_commit: AfterCommit,
         reads: WardrobeReads,
         limit: Throttle,
@@ -73,7 +73,7 @@ class ItemCollection(Collection):
         self._after_commit([job])
         resp.status = falcon.HTTP_202
         resp.location = f"/api/v1/items/{item['id']}"
-        resp.media = {"item": serialize_item(item), "job": serialize_job(job)}
+        resp.media = {"item": serialize_item(item, self._store.url), "job": serialize_job(job)}
 
     def _read_form(self, req: falcon.Request) -> tuple[bytes, dict[str, Any]]:
         data = None
@@ -103,15 +103,19 @@ class ItemCollection(Collection):
 
 
 class Item:
-    def __init__(self, items: Items) -> None:
+    def __init__(self, items: Items, image_url: Callable[[str | None], str | None] = image_url) -> None:
         self._items = items
+        self._image_url = image_url  # the image store's: under a CDN with WARDROBE_IMAGE_BASE_URL
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, item_id: str) -> None:
-        resp.media = serialize_item(found(self._items.get(req.context.user.id, item_id), "item"))
+        resp.media = serialize_item(
+            found(self._items.get(req.context.user.id, item_id), "item"), self._image_url
+        )
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, item_id: str) -> None:
         changes = json_body(req, ITEM_PATCH)
-        resp.media = serialize_item(found(self._items.update(req.context.user.id, item_id, changes), "item"))
+        item = found(self._items.update(req.context.user.id, item_id, changes), "item")
+        resp.media = serialize_item(item, self._image_url)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, item_id: str) -> None:
         if not self._items.delete(req.context.user.id, item_id):

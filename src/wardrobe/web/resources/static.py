@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import falcon
 
@@ -32,8 +33,12 @@ def content_hash(data: bytes) -> str:
 class StaticFiles:
     """`/app/` (index.html) and `/app/{name}` (hashed assets), read from the package's static folder once."""
 
-    def __init__(self, root: Path = STATIC_DIR) -> None:
+    def __init__(self, root: Path = STATIC_DIR, image_base_url: str = "") -> None:
         self._root = root
+        # Images under a CDN (WARDROBE_IMAGE_BASE_URL) come from its origin; a relative base is our own.
+        origin = urlsplit(image_base_url)
+        extra = f" {origin.scheme}://{origin.netloc}" if origin.scheme and origin.netloc else ""
+        self._csp = CSP.replace("img-src 'self'", f"img-src 'self'{extra}")
         self._files: dict[str, tuple[bytes, str]] = {}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str = "index.html") -> None:
@@ -43,7 +48,7 @@ class StaticFiles:
         if name == "index.html":
             # Always asked again (a 304 when unchanged), so a deploy reaches every open of the Mini App at once.
             resp.cache_control = ["no-cache"]
-            resp.set_header("Content-Security-Policy", CSP)
+            resp.set_header("Content-Security-Policy", self._csp)
             resp.set_header("Referrer-Policy", "no-referrer")
         else:
             resp.cache_control = ["public", "max-age=31536000", "immutable"]
