@@ -40,6 +40,18 @@ ensure_database() {
     fi
 }
 
+allow_local_replication() {
+    # The replica tests (tests/test_replicas.py) take a pg_basebackup over the local socket: replication
+    # connections match only pg_hba lines naming `replication`, never `all`.
+    local hba
+    hba=$(psql -qtAX -d postgres -c 'show hba_file')
+    if ! grep -Eq '^[[:space:]]*local[[:space:]]+replication[[:space:]]' "$hba"; then
+        say "allowing local replication connections in $hba"
+        echo 'local   replication     all                                     peer' >>"$hba"
+        psql -qtAX -d postgres -c 'select pg_reload_conf()' >/dev/null
+    fi
+}
+
 start_redis() {
     if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return; fi
     say "starting Redis"
@@ -62,6 +74,7 @@ case "${1:-start}" in
     start)
         start_postgres
         ensure_database
+        allow_local_replication
         start_redis
         start_memcached
         WARDROBE_DATABASE_URL=${WARDROBE_DATABASE_URL:-postgresql:///$DB} .venv/bin/wardrobe-migrate >&2

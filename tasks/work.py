@@ -26,7 +26,7 @@ def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], pr
     """The factory consumers pass to `register`: what a worker process needs for its queue."""
 
     def build(queue: str) -> StageRunner:
-        from wardrobe.clients.images import ImageStore
+        from wardrobe.clients.objectstore import image_store
         from wardrobe.store.capsules import Capsules
         from wardrobe.store.db import Pool
         from wardrobe.store.items import Items
@@ -48,6 +48,7 @@ def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], pr
 
         observability.init_sentry(config.sentry_dsn, config.sentry_environment, f"worker-{queue}")
         _start_profiler(config, queue)
+        pool = marked_writes(config, pool, queue)
         ledger = JobLedger(pool)
         # What a job records bumps its owner's version: memcached must hear of it as the API's writes do.
         versions = version_cache(config)
@@ -56,7 +57,7 @@ def runtime_builder(config: Config, redis_client: Any, tasks: dict[str, Any], pr
             items=Items(writes, max_attempts=config.job_max_attempts),
             capsules=Capsules(writes, max_attempts=config.job_max_attempts),
             users=Users(writes, versions=versions),
-            store=ImageStore(config.images_dir),
+            store=image_store(config),  # one per process; an S3 client connects on first use
             ledger=ledger,
             send=Dispatcher(tasks, ledger, on_error=observability.dependency_error).send,
             lease_seconds=config.job_lease_seconds,
@@ -89,18 +90,41 @@ def version_cache(config: Config) -> Any:
     """The API's VersionCache over a small memcached client of the worker's own; None without memcached."""
     if not config.memcached_servers or not config.version_cache_ttl:
         return None
-    from wardrobe.clients.cache import Cache
-    from wardrobe.ops import observability
     from wardrobe.store.users import VersionCache
 
-    cache = Cache(
+    return VersionCache(_memcached(config), config.version_cache_ttl)
+
+
+def marked_writes(config: Config, pool: Any, queue: str) -> Any:
+    """With replicas, what a job records keeps its owner's reads on the primary until a replica has replayed it,
+    as the API's writes do (store/replicas.py); the workers themselves read only from the primary."""
+    if not config.database_replica_urls or not config.memcached_servers:
+        return pool
+    from wardrobe.ops import metrics
+    from wardrobe.store.replicas import with_replicas
+
+    return with_replicas(
+        config,
+        pool,
+        _memcached(config),
+        application_name=f"wardrobe-worker-{queue}",
+        observer=metrics.ReplicaMetrics(),
+        read_from_replicas=False,
+    )
+
+
+def _memcached(config: Config) -> Any:
+    """A small memcached client of the worker's own."""
+    from wardrobe.clients.cache import Cache
+    from wardrobe.ops import observability
+
+    return Cache(
         config.memcached_servers,
         max_pool_size=config.memcached_pool_size,  # opened lazily: a worker uses a few
         connect_timeout=config.memcached_timeout,
         timeout=config.memcached_timeout,
         on_error=observability.cache_error,
     )
-    return VersionCache(cache, config.version_cache_ttl)
 
 
 def build_analyzer(config: Config, redis_client: Any) -> Any:

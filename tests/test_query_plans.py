@@ -173,6 +173,9 @@ class ExplainingPool:
         finally:
             self._conn.rollback()
 
+    def read(self, user_id: int, work: Callable[[Any], Any]) -> Any:
+        return self.run(work, transaction=False)
+
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan

@@ -54,6 +54,9 @@ class Collectors:
     brand_api_requests: Counter
     brand_breaker_state: Gauge
     ratelimit_fail_open: Counter
+    db_queries: Counter
+    db_replica_lag: Gauge
+    db_replica_fallbacks: Counter
     process_resident_memory: Gauge
     process_cpu_seconds: Counter
 
@@ -132,6 +135,25 @@ def collectors() -> Collectors:
             "wardrobe_ratelimit_fail_open",
             "Requests let through because the rate limiter's store was unavailable.",
             ["limit"],
+        ),
+        db_queries=Counter(
+            "wardrobe_db_queries",
+            "Units of work sent to Postgres, by target (primary, or a replica's host:port) and kind (read: one that "
+            "may be a moment old; primary: one that must see the primary, writes and the reads inside or after them).",
+            ["target", "kind"],
+        ),
+        # Every process measures the same replicas: the latest reading is the truth, whichever process took it.
+        db_replica_lag=Gauge(
+            "wardrobe_db_replica_lag_seconds",
+            "Seconds of the primary's writes a replica may lack (+Inf: unreachable or not replaying).",
+            ["replica"],
+            multiprocess_mode="mostrecent",
+        ),
+        db_replica_fallbacks=Counter(
+            "wardrobe_db_replica_fallbacks",
+            "Reads that could go to a replica but went to the primary, by reason (unhealthy: no replica healthy; "
+            "read_your_writes: none has replayed the user's latest write; error: the replica failed the read).",
+            ["reason"],
         ),
         process_resident_memory=Gauge(
             "wardrobe_process_resident_memory_bytes",
@@ -234,6 +256,22 @@ class ProcessUsage:
         thread = threading.Thread(target=loop, name="wardrobe-process-usage", daemon=True)
         thread.start()
         return thread
+
+
+class ReplicaMetrics:
+    """The replica router's observer (store/replicas.py): queries by target, replica lag, fallbacks."""
+
+    def __init__(self, metrics: Collectors | None = None) -> None:
+        self._metrics = metrics or collectors()
+
+    def query(self, target: str, kind: str) -> None:
+        self._metrics.db_queries.labels(target=target, kind=kind).inc()
+
+    def lag(self, replica: str, seconds: float) -> None:
+        self._metrics.db_replica_lag.labels(replica=replica).set(seconds)
+
+    def fallback(self, reason: str) -> None:
+        self._metrics.db_replica_fallbacks.labels(reason=reason).inc()
 
 
 def _resident_memory_bytes() -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from psycopg2.extras import Json
 
+from wardrobe.clients.images import image_url
 from wardrobe.store import items, jobs, pagination, parse_uuid, picked, timestamps
 from wardrobe.store.db import Pool
 
@@ -17,11 +19,20 @@ CAPSULE_COLUMNS = (
 MARK_FAILED = "UPDATE capsules SET state = 'failed', updated_at = clock_timestamp() WHERE id = %s"
 
 
-def serialize(row: dict[str, Any], wardrobe: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def serialize(
+    row: dict[str, Any],
+    wardrobe: dict[str, dict[str, Any]] | None = None,
+    image_url: Callable[[str | None], str | None] = image_url,
+) -> dict[str, Any]:
     outfits = row["outfits"]
     if wardrobe is not None:
         outfits = [
-            {**o, "items": [items.serialize(wardrobe[i]) for i in o.get("item_ids", []) if i in wardrobe]}
+            {
+                **o,
+                "items": [
+                    items.serialize(wardrobe[i], image_url) for i in o.get("item_ids", []) if i in wardrobe
+                ],
+            }
             for o in outfits
         ]
     return {
@@ -73,7 +84,7 @@ class Capsules:
             )
             return cur.fetchall()
 
-        return pagination.page(self._pool.run(select, transaction=False), limit)
+        return pagination.page(self._pool.read(user_id, select), limit)
 
     def get(self, user_id: int, capsule_id: str) -> tuple[dict, dict[str, dict]] | None:
         """The capsule and the items its outfits name (those still in the wardrobe)."""
@@ -96,7 +107,7 @@ class Capsules:
             )
             return row, {str(r["id"]): r for r in cur.fetchall()}
 
-        return self._pool.run(select, transaction=False)
+        return self._pool.read(user_id, select)
 
     # --- what the workers record ---------------------------------------------------------------------------
 

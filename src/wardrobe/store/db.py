@@ -258,6 +258,11 @@ class Pool:
                 self._release(conn, broken=broken or bool(conn.closed))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def read(self, user_id: int, work: Callable[[Any], T]) -> T:
+        """A read of `user_id`'s data that may be a moment old (a list, a detail, the profile). One server here, so
+        it is `run` in autocommit; store/replicas.py's router sends it to a replica that has the user's writes."""
+        return self.run(work, transaction=False)
+
     def ping(self) -> None:
         self.run(lambda cur: cur.execute("SELECT 1"), transaction=False)
 

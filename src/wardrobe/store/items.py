@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from psycopg2.extras import Json
 
-from wardrobe.clients.images import ImageStore
+from wardrobe.clients.images import image_url
 from wardrobe.store import jobs, pagination, parse_uuid, picked, timestamps, users
 from wardrobe.store.db import Pool
 
@@ -19,14 +20,17 @@ EDITABLE = ("category", "colors", "season", "style", "pattern", "material", "for
 MARK_FAILED = "UPDATE items SET status = 'failed', updated_at = clock_timestamp() WHERE id = %s"
 
 
-def serialize(row: dict[str, Any]) -> dict[str, Any]:
+def serialize(
+    row: dict[str, Any], image_url: Callable[[str | None], str | None] = image_url
+) -> dict[str, Any]:
+    """`image_url`: the image store's (a CDN's URLs with WARDROBE_IMAGE_BASE_URL), else the API's /images/."""
     analysis = row.get("analysis") or {}
     return {
         "id": str(row["id"]),
         **picked(row, "status", *EDITABLE),
         "source": analysis.get("source"),
-        "image_url": ImageStore.url(row["image_key"]),
-        "cutout_url": ImageStore.url(row["cutout_key"]),
+        "image_url": image_url(row["image_key"]),
+        "cutout_url": image_url(row["cutout_key"]),
         **timestamps(row),
     }
 
@@ -94,7 +98,7 @@ class Items:
             )
             return cur.fetchall()
 
-        return pagination.page(self._pool.run(select, transaction=False), limit)
+        return pagination.page(self._pool.read(user_id, select), limit)
 
     def get(self, user_id: int, item_id: str) -> dict[str, Any] | None:
         item_id = parse_uuid(item_id)
@@ -107,7 +111,7 @@ class Items:
             )
             return cur.fetchone()
 
-        return self._pool.run(select, transaction=False)
+        return self._pool.read(user_id, select)
 
     def update(self, user_id: int, item_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
         item_id = parse_uuid(item_id)

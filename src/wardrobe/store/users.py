@@ -169,7 +169,8 @@ class Users:
             )
             return cur.fetchone()
 
-        row = self._pool.run(select, transaction=False)
+        # A replica may not have replayed the row `ensure` has just inserted (that writes no version to mark).
+        row = self._pool.read(user_id, select) or self._pool.run(select, transaction=False)
         return serialize(row) if row else None
 
     def version(self, user_id: int) -> int:
@@ -186,7 +187,7 @@ class Users:
             cur.execute("SELECT wardrobe_version FROM users WHERE id = %s", (user_id,))
             return cur.fetchone()
 
-        row = self._pool.run(select, transaction=False)
+        row = self._pool.read(user_id, select)
         if row is None:
             return 0
         if self.versions is not None:
