@@ -1,12 +1,17 @@
 """/readyz: the public (anyone through the balancer) get the status alone, from a probe shared for about a second;
 operators (direct loopback, or the metrics token) get a fresh probe with the state of each dependency."""
 
+import time
+import uuid
+
 import falcon
 import falcon.testing
+import psycopg2
 import pytest
-from conftest import make_config
+from conftest import TEST_DSN, make_config
 
 from wardrobe.app import create_app
+from wardrobe.migrate import SchemaBehind, SchemaCheck, apply, shipped
 from wardrobe.ops.observability import OperatorGuard
 from wardrobe.web.resources.health import Ready
 
@@ -43,7 +48,10 @@ def test_the_public_get_the_status_and_nothing_else(app_client, how):
 def test_operators_get_each_dependency(app_client, how):
     resp = app_client.simulate_get("/readyz", **how)
     assert resp.status_code == 200
-    assert resp.json == {"status": "ready", "checks": {"postgres": "ok", "redis": "ok", "memcached": "ok"}}
+    assert resp.json["status"] == "ready"
+    checks = resp.json["checks"]
+    assert {"postgres", "schema", "redis", "memcached"} <= set(checks)
+    assert set(checks.values()) == {"ok"}, checks
 
 
 class Dependency:
@@ -117,3 +125,68 @@ def test_a_required_dependency_down_is_503_unready_an_optional_one_degraded():
     }
     clock.now += 2
     assert client.simulate_get("/readyz", **PUBLIC).json == {"status": "unready"}
+
+
+@pytest.fixture
+def empty_database():
+    """A database of its own that no migration has run on, as on a new Postgres host before site.yml migrates."""
+    name = f"wardrobe_readyz_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(TEST_DSN)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield TEST_DSN.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_not_ready_until_every_migration_of_this_release_is_applied(tmp_path, empty_database):
+    app = create_app(make_config(tmp_path, WARDROBE_DATABASE_URL=empty_database))
+    client = falcon.testing.TestClient(app)
+    try:
+        behind = client.simulate_get("/readyz")
+        assert behind.status_code == 503
+        assert behind.json["checks"]["postgres"] == "ok"
+        assert behind.json["checks"]["schema"] == "down: SchemaBehind"
+        assert client.simulate_get("/readyz", **PUBLIC).json == {"status": "unready"}
+
+        assert sorted(apply(empty_database)) == sorted(shipped().values())
+        # While behind, the check asks Postgres again only every couple of seconds.
+        deadline = time.monotonic() + 10
+        while (ready := client.simulate_get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ready.json["checks"]["schema"] == "ok"
+        assert client.simulate_get("/readyz", **PUBLIC).json == {"status": "ready"}
+    finally:
+        app.services.close()
+
+
+class CountingPool:
+    """Stands in for the app's pool: answers yoyo's table with the hashes given, counting the queries."""
+
+    def __init__(self, applied):
+        self.applied = applied
+        self.queries = 0
+
+    def run(self, work, transaction=True):
+        self.queries += 1
+        return [{"migration_hash": h} for h in self.applied]
+
+
+def test_the_schema_check_is_cached_so_readyz_stays_cheap():
+    clock = Clock()
+    expected = {"h1": "0001_initial", "h2": "0002_more"}
+    pool = CountingPool(["h1"])
+    check = SchemaCheck(pool, expected, clock=clock, recheck=2.0)
+    for _ in range(20):
+        with pytest.raises(SchemaBehind, match="0002_more"):
+            check()
+    assert pool.queries == 1  # behind: asked again only after the recheck interval
+    pool.applied.append("h2")
+    clock.now += 2.5
+    for _ in range(20):
+        check()
+    assert pool.queries == 2  # current: never asked again by this process

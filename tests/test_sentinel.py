@@ -66,8 +66,8 @@ def _until(ready, what: str, timeout: float, interval: float = 0.1):
 class SentinelFleet:
     """Three redis-servers (one primary, two `--replicaof` it) and three Sentinels with quorum 2, all on
     127.0.0.1, configured like ansible/roles/redis_sentinel: the servers require the password (and replicas
-    authenticate to their master with it), the Sentinels have no password of their own and `auth-pass` to the
-    servers. Quick to declare a primary dead, so a test can watch a failover."""
+    authenticate to their master with it), the Sentinels require the same one (requirepass) and `auth-pass` to
+    the servers. Quick to declare a primary dead, so a test can watch a failover."""
 
     def __init__(self, tmp: Path, password: str = "") -> None:
         self.tmp = tmp
@@ -81,13 +81,14 @@ class SentinelFleet:
     def url(self) -> str:
         auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
         nodes = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        return f"redis+sentinel://{auth}{nodes}/{MASTER}/0"
+        query = f"?sentinel_password={urllib.parse.quote(self.password, safe='')}" if self.password else ""
+        return f"redis+sentinel://{auth}{nodes}/{MASTER}/0{query}"
 
     def server(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, password=self.password or None, socket_timeout=2)
 
     def sentinel(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+        return redis.Redis(port=port, password=self.password or None, socket_timeout=2, decode_responses=True)
 
     def start(self) -> SentinelFleet:
         primary = self.redis_ports[0]
@@ -114,6 +115,7 @@ class SentinelFleet:
                 f"sentinel failover-timeout {MASTER} 3000",
             ]
             if self.password:
+                lines.append(f"requirepass {self.password}")
                 lines.append(f"sentinel auth-pass {MASTER} {self.password}")
             conf.write_text("\n".join(lines) + "\n")
             self.sentinels.append(

@@ -19,10 +19,12 @@ from wardrobe import jsonio, queue
 from wardrobe.clients.brands import CatalogueBrands, CircuitBreaker, HttpBrandClient
 from wardrobe.clients.cache import Cache, LocalLRU, NullCache
 from wardrobe.clients.images import ImageStore
+from wardrobe.clients.objectstore import image_store
 from wardrobe.clients.offload import ThreadOffload
 from wardrobe.clients.ratelimit import UserRateLimiter
 from wardrobe.clients.redis_client import connect as connect_redis
 from wardrobe.config import Config
+from wardrobe.migrate import SchemaCheck
 from wardrobe.ops import metrics, observability
 from wardrobe.ops.profiling import (
     FlamegraphResource,
@@ -37,6 +39,7 @@ from wardrobe.store.capsules import Capsules
 from wardrobe.store.db import Pool
 from wardrobe.store.items import Items
 from wardrobe.store.jobs import JobLedger, Jobs
+from wardrobe.store.replicas import with_replicas
 from wardrobe.store.users import Users, VersionCache
 from wardrobe.web import errors, middleware
 from wardrobe.web.auth import InitDataValidator
@@ -66,7 +69,7 @@ class Services:
     items: Items
     jobs: Jobs
     capsules: Capsules
-    store: ImageStore
+    store: ImageStore  # or objectstore.S3ImageStore: the same interface
     offload: Any
     redis: Any
     dispatcher: Any
@@ -95,6 +98,10 @@ class Services:
             config.redis_url, pool_size=config.redis_pool_size, timeout=config.redis_timeout
         )
         cache = overrides.pop("cache", None) or _cache(config)
+        # With replicas: reads that may be a moment old go to one that has the user's writes (store/replicas.py).
+        pool = with_replicas(
+            config, pool, cache, application_name="wardrobe-api", observer=metrics.ReplicaMetrics()
+        )
         caching = config.version_cache_ttl and not isinstance(cache, NullCache)
         versions = VersionCache(cache, config.version_cache_ttl) if caching else None
         writes = versions.publishing(pool) if versions else pool  # bumps reach memcached after each commit
@@ -107,7 +114,7 @@ class Services:
             "items": Items(writes, max_attempts=config.job_max_attempts),
             "jobs": jobs,
             "capsules": Capsules(writes, max_attempts=config.job_max_attempts),
-            "store": ImageStore(config.images_dir),
+            "store": image_store(config),  # its client connects on first use, after the fork
             "offload": ThreadOffload(config.image_threads),
             "redis": redis,
             "dispatcher": dispatcher or enqueuer(redis, jobs),
@@ -247,7 +254,12 @@ def create_app(
     errors.install(app, forget_user=services.users.forget)
 
     reads = WardrobeReads(
-        services.users, services.items, services.capsules, services.cache, config.capsule_ttl
+        services.users,
+        services.items,
+        services.capsules,
+        services.cache,
+        config.capsule_ttl,
+        image_url=services.store.url,
     )
     limit = Throttle(services.limiter)
     guard = observability.OperatorGuard(config.metrics_token)
@@ -258,8 +270,13 @@ def create_app(
         Ready(
             {
                 "postgres": (services.pool.ping, True),
+                # Not ready on a database that lacks this release's migrations (site.yml runs them first).
+                "schema": (SchemaCheck(services.pool), True),
                 "redis": (services.redis.ping, False),  # uploads still succeed: the reaper enqueues later
                 "memcached": (services.cache_health, False),  # reads fall through to Postgres
+                # A bucket down is down for every backend alike (uploads answer 503 themselves): degraded; a
+                # local image directory failing is this box's alone: unready, so traffic goes elsewhere.
+                "images": (services.store.probe, not services.store.shared),
             },
             operator=guard,
         ),
@@ -278,13 +295,13 @@ def create_app(
             offload=services.offload,
         ),
     )
-    app.add_route("/api/v1/items/{item_id}", Item(services.items))
+    app.add_route("/api/v1/items/{item_id}", Item(services.items, services.store.url))
     app.add_route("/api/v1/jobs/{job_id}", Job(services.jobs))
     app.add_route("/api/v1/capsules", CapsuleCollection(services.capsules, services.dispatch, reads, limit))
-    app.add_route("/api/v1/capsules/{capsule_id}", Capsule(services.capsules))
+    app.add_route("/api/v1/capsules/{capsule_id}", Capsule(services.capsules, services.store.url))
     app.add_route("/api/v1/brands", Brands(services.brands, limit))
-    app.add_route("/images/{name}", ImageFiles(services.store))
-    page = StaticFiles()
+    app.add_route("/images/{name}", ImageFiles(services.store, config.image_base_url))
+    page = StaticFiles(image_base_url=config.image_base_url)
     app.add_route("/app", page)  # "/app/" too: trailing slashes are stripped before routing
     app.add_route("/app/{name}", page)
     app.add_route(

@@ -77,6 +77,18 @@ def _path(raw: str) -> Path:
     return Path(raw.strip()).expanduser().resolve()
 
 
+def _image_store(raw: str) -> str:
+    # Blank: the data dir's images/. A directory is resolved now, against the cwd the process started in.
+    raw = raw.strip()
+    if raw.startswith("s3://"):
+        if not raw.removeprefix("s3://").split("/", 1)[0]:
+            raise ValueError("expected s3://BUCKET[/PREFIX]")
+        return raw.rstrip("/")
+    if "://" in raw:
+        raise ValueError("expected a directory or s3://BUCKET[/PREFIX]")
+    return str(_path(raw)) if raw else ""
+
+
 def _rate(raw: str) -> tuple[int, int]:
     # "30/60" = 30 requests per 60 seconds.
     count, _, seconds = raw.strip().partition("/")
@@ -120,11 +132,28 @@ class Config:
     db_idle_tx_timeout_ms: int = setting("WARDROBE_DB_IDLE_TX_TIMEOUT_MS", _int(1), "10000")
     # transaction: behind PgBouncer in transaction mode (timeouts per transaction, nothing kept in the session)
     db_pooler: str = setting("WARDROBE_DB_POOLER", _choice("none", "transaction"), "none")
+    # Streaming replicas for the reads that may be a moment old (store/replicas.py); none: all on the primary
+    database_replica_urls: tuple[str, ...] = setting("WARDROBE_DATABASE_REPLICA_URLS", _list, "")
+    # Seconds of the primary's writes a replica may lack and still be read (it is skipped beyond)
+    replica_max_lag: float = setting("WARDROBE_REPLICA_MAX_LAG", _float(0.0), "5")
     telegram_bot_token: str = setting("WARDROBE_TELEGRAM_BOT_TOKEN", _str, "")
     init_data_max_age: int = setting("WARDROBE_INIT_DATA_MAX_AGE", _int(0), "86400")
     max_upload_bytes: int = setting("WARDROBE_MAX_UPLOAD_BYTES", _int(1024), str(10 * 1024 * 1024))
     max_image_pixels: int = setting("WARDROBE_MAX_IMAGE_PIXELS", _int(1), str(40_000_000))
     image_threads: int = setting("WARDROBE_IMAGE_THREADS", _int(1, 64), "2")
+    image_store: str = setting("WARDROBE_IMAGE_STORE", _image_store, "")
+    image_base_url: str = setting("WARDROBE_IMAGE_BASE_URL", _url, "")
+    s3_endpoint_url: str = setting("WARDROBE_S3_ENDPOINT_URL", _url, "")
+    s3_region: str = setting("WARDROBE_S3_REGION", _str, "us-east-1")
+    s3_access_key_id: str = setting("WARDROBE_S3_ACCESS_KEY_ID", _str, "")
+    s3_secret_access_key: str = setting("WARDROBE_S3_SECRET_ACCESS_KEY", _str, "")
+    s3_addressing_style: str = setting(
+        "WARDROBE_S3_ADDRESSING_STYLE", _choice("path", "virtual", "auto"), "path"
+    )
+    s3_connect_timeout: float = setting("WARDROBE_S3_CONNECT_TIMEOUT", _float(0.1), "2")
+    s3_read_timeout: float = setting("WARDROBE_S3_READ_TIMEOUT", _float(0.1), "5")
+    s3_max_attempts: int = setting("WARDROBE_S3_MAX_ATTEMPTS", _int(1, 10), "3")
+    s3_pool_size: int = setting("WARDROBE_S3_POOL_SIZE", _int(1, 10000), "100")
     redis_url: str = setting("WARDROBE_REDIS_URL", _url, "redis://127.0.0.1:6379/0")
     redis_pool_size: int = setting("WARDROBE_REDIS_POOL_SIZE", _int(1, 10000), "50")
     redis_timeout: float = setting("WARDROBE_REDIS_TIMEOUT", _float(0.01), "0.5")
@@ -198,6 +227,9 @@ class Config:
 
     @property
     def images_dir(self) -> Path:
+        """The local image store's directory (unused when `image_store` is an s3:// bucket)."""
+        if self.image_store and not self.image_store.startswith("s3://"):
+            return Path(self.image_store)
         return self.data_dir / "images"
 
     @property

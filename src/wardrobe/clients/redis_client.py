@@ -2,9 +2,9 @@
 
 URLs: `redis://host:port/db` (or rediss://), or `redis+sentinel://[:password@]h1:26379,h2:26379/<master-name>/<db>`
 for the fleet's Sentinel-managed master. The password is percent-encoded in the URL (the Ansible env template
-encodes it) and authenticates to the Redis servers only: the Sentinels run without one, as
-ansible/roles/redis_sentinel configures them. Build once per process: `master_for` makes a new pool per call
-(redis-py#3433).
+encodes it) and authenticates to the Redis servers; Sentinels that require one of their own (requirepass in
+sentinel.conf, as ansible/roles/redis_sentinel configures them) get it from `?sentinel_password=`. Build once per
+process: `master_for` makes a new pool per call (redis-py#3433).
 """
 
 from __future__ import annotations
@@ -48,11 +48,16 @@ def connect(url: str, *, pool_size: int = 50, timeout: float = 0.5) -> redis.Red
         parts = [p for p in parsed.path.split("/") if p]
         service = parts[0] if parts else "mymaster"
         db = int(parts[1]) if len(parts) > 1 else 0
+        # Only when asked for: AUTH to a Sentinel that has no requirepass is an error, not a no-op.
+        sentinel_password = urllib.parse.parse_qs(parsed.query).get("sentinel_password", [""])[0]
         sentinel = Sentinel(
             hosts,
             socket_timeout=timeout,
-            # No credentials here: AUTH to a Sentinel that has no requirepass is an error, not a no-op.
-            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+            sentinel_kwargs={
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+                **({"password": sentinel_password} if sentinel_password else {}),
+            },
             username=urllib.parse.unquote(username) or None,
             password=urllib.parse.unquote(password) or None,
         )

@@ -21,6 +21,9 @@ class Health:
 class Ready:
     """Probes each dependency: a required one down → 503 "unready", an optional one down → 200 "degraded".
 
+    The schema counts as a required dependency (`wardrobe.migrate.SchemaCheck`): a backend on a database that
+    lacks this release's migrations answers "unready", so neither a deploy nor the balancer sends it traffic.
+
     The public get the status alone, from a probe shared for READY_CACHE_SECONDS. Operators (`operator(req)`
     true: direct loopback or the metrics token) get a fresh probe with each dependency's state and the type of
     its error, since a deploy waits on them; their probe refreshes the shared one.
