@@ -10,6 +10,7 @@ export WARDROBE_U2NET_HOME ?= $(WARDROBE_DATA_DIR)/models
 
 # Benchmark targets (bench, bench-sweep, bench-compare, bench-jobs, capacity) live beside the load test.
 -include bench/bench.mk bench/micro.mk
+-include scripts/fleet/fleet.mk
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -25,10 +26,11 @@ test: ## Set up what is missing, then run the test suite against real services
 	@scripts/services.sh start wardrobe_test
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-lint: ## Check formatting and lint with ruff
+lint: ## Check formatting and lint with ruff, and the Ansible roles with ansible-lint
 	@scripts/setup.sh --no-services
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/ruff check .
+	@cd ansible && ../$(VENV)/bin/ansible-lint
 
 format: ## Format and autofix with ruff
 	@$(VENV)/bin/ruff format .

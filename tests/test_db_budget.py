@@ -1,9 +1,11 @@
 """The fleet's Postgres connection budget, from the production inventory as Ansible renders it.
 
-Client side: every pool the app can open at once (API boxes x gunicorn workers x (pool size + overflow), worker
-boxes x their consumers' pools and reapers), sized as the app sizes them from the env file Ansible writes, must fit
-PgBouncer's max_client_conn. Server side: PgBouncer's pools (default + reserve, per database) plus the clients
-that go to Postgres directly (migrations, psql, the exporter) must fit the max_connections the postgres role sets.
+Every pool the app can open at once (API boxes x gunicorn workers x (pool size + overflow), worker boxes x their
+consumers' pools and reapers), sized as the app sizes them from the env file Ansible writes, must fit where the env
+file points the app: PgBouncer's max_client_conn (the fleet's setting, wardrobe_db_pooler: transaction), or
+Postgres's max_connections itself (wardrobe_db_pooler: none). With PgBouncer, its pools (default + reserve, per
+database) plus the clients that go to Postgres directly (migrations, psql, the exporter) must fit max_connections.
+Both ways are rendered, from one ansible-playbook run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import configparser
 import os
 import re
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -26,13 +29,20 @@ ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 REAPERS_PER_WORKER_BOX = 2  # every consumer (images, ai) forks one (tasks/main.py), with a pool of 1
 
 
-def render_play(hosts: str, roles: list[str], files: list[tuple[str, str, str]], out: Path) -> dict:
+POOLERS = ("transaction", "none")
+
+
+def render_play(
+    hosts: str, roles: list[str], files: list[tuple[str, str, str]], out: Path, pooler: str
+) -> dict:
     """A play that renders each role template (name, template under ansible/roles, file under `out`)."""
     return {
-        "name": f"Render what {hosts} gets",
+        "name": f"Render what {hosts} gets with pooler {pooler}",
         "hosts": hosts,
         "connection": "local",
         "gather_facts": False,
+        # Play vars outrank the inventory's group_vars: the same inventory, either way of reaching Postgres.
+        "vars": {"wardrobe_db_pooler": pooler},
         "roles": roles,
         "tasks": [
             {
@@ -50,8 +60,10 @@ def render_play(hosts: str, roles: list[str], files: list[tuple[str, str, str]],
 
 
 def render_playbook(out: Path) -> str:
-    return yaml.safe_dump(
-        [
+    plays = []
+    for pooler in POOLERS:
+        (out / pooler).mkdir()
+        plays += [
             render_play(
                 "api01:worker01",
                 ["wardrobe_app"],
@@ -60,9 +72,15 @@ def render_playbook(out: Path) -> str:
                         "Render the env file",
                         "wardrobe_app/templates/wardrobe.env.j2",
                         "{{ inventory_hostname }}.env",
-                    )
+                    ),
+                    (
+                        "Render the migrations' env file",
+                        "wardrobe_app/templates/migrate.env.j2",
+                        "{{ inventory_hostname }}-migrate.env",
+                    ),
                 ],
-                out,
+                out / pooler,
+                pooler,
             ),
             render_play(
                 "db01",
@@ -84,11 +102,11 @@ def render_playbook(out: Path) -> str:
                         "pgbouncer-limits.conf",
                     ),
                 ],
-                out,
+                out / pooler,
+                pooler,
             ),
-        ],
-        sort_keys=False,
-    )
+        ]
+    return yaml.safe_dump(plays, sort_keys=False)
 
 
 SECRETS = [
@@ -97,11 +115,14 @@ SECRETS = [
     "vault_wardrobe_metrics_token=budget",
     "vault_wardrobe_db_password=budget",
     "vault_wardrobe_redis_password=budget",
+    "vault_wardrobe_s3_access_key_id=budget",
+    "vault_wardrobe_s3_secret_access_key=budget",
 ]
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> dict:
+def render(tmp_path_factory) -> tuple[Path, dict]:
+    """Runs ansible-playbook once for both poolers; returns the output directory and the inventory's groups."""
     if not ANSIBLE_PLAYBOOK.exists():
         pytest.skip("ansible-core is not installed")
     import json
@@ -138,7 +159,13 @@ def rendered(tmp_path_factory) -> dict:
         timeout=120,
         check=True,
     )
-    groups = json.loads(inventory.stdout)
+    return out, json.loads(inventory.stdout)
+
+
+@pytest.fixture(scope="module", params=POOLERS)
+def rendered(request, render) -> dict:
+    root, groups = render
+    out = root / request.param
     bouncer = configparser.ConfigParser(interpolation=None, delimiters=("=",), comment_prefixes=(";",))
     bouncer.read(out / "pgbouncer.ini")
     postgres = dict(
@@ -150,8 +177,10 @@ def rendered(tmp_path_factory) -> dict:
     limits.optionxform = str
     limits.read(out / "pgbouncer-limits.conf")
     return {
+        "pooler": request.param,
         "api": app_config(out / "api01.env"),
         "worker": app_config(out / "worker01.env"),
+        "migrate": app_config(out / "api01.env", out / "api01-migrate.env"),
         "api_boxes": len(groups["api"]["hosts"]),
         "worker_boxes": len(groups["workers"]["hosts"]),
         "pgbouncer": bouncer,
@@ -160,13 +189,15 @@ def rendered(tmp_path_factory) -> dict:
     }
 
 
-def app_config(env_file: Path) -> Config:
-    """The settings a box runs with: the rendered env file, read as config.py reads the environment."""
+def app_config(*env_files: Path) -> Config:
+    """The settings a box runs with: the rendered env files in systemd's order (a later file wins), read as
+    config.py reads the environment."""
     environ = {}
-    for line in env_file.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            environ[name] = value
+    for env_file in env_files:
+        for line in env_file.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, _, value = line.partition("=")
+                environ[name] = value
     return Config.from_env(environ)
 
 
@@ -186,22 +217,58 @@ def client_connections(rendered: dict) -> dict[str, int]:
     }
 
 
-def test_every_pool_the_fleet_can_open_fits_the_poolers_client_limit(rendered):
-    bouncer = rendered["pgbouncer"]["pgbouncer"]
-    demand = client_connections(rendered)
-    assert bouncer["pool_mode"] == "transaction"
-    assert sum(demand.values()) <= int(bouncer["max_client_conn"]), demand
+def headroom() -> int:
+    """Postgres connections the postgres role keeps for clients that connect directly (migrations, psql, ...)."""
+    defaults = yaml.safe_load((ANSIBLE / "roles/postgres/defaults/main.yml").read_text())
+    return defaults["postgres_connection_headroom"]
+
+
+def test_the_env_passes_the_pool_sizes_the_budget_counts(rendered):
+    # Code defaults (20 + 10 per API worker) would blow every limit below: the inventory's sizes must reach the app.
+    inventory = yaml.safe_load((ANSIBLE / "inventories/production/group_vars/all/main.yml").read_text())
+    api, worker = rendered["api"], rendered["worker"]
+    assert api.db_pool_size == inventory["wardrobe_api_db_pool_size"]
+    assert api.db_pool_overflow == inventory["wardrobe_api_db_pool_overflow"]
+    assert api.gunicorn_workers == inventory["wardrobe_api_gunicorn_workers"]
+    assert worker.image_workers == inventory["wardrobe_worker_images_processes"]
+    assert worker.ai_workers == inventory["wardrobe_worker_ai_greenlets"]
+
+
+def test_every_pool_the_fleet_can_open_fits_where_the_env_points_it(rendered):
+    api, bouncer = rendered["api"], rendered["pgbouncer"]["pgbouncer"]
+    demand = sum(client_connections(rendered).values())
+    port = urllib.parse.urlsplit(api.database_url).port
+    if rendered["pooler"] == "transaction":
+        assert (port, api.db_pooler) == (int(bouncer["listen_port"]), "transaction")
+        assert bouncer["pool_mode"] == "transaction"
+        assert demand <= int(bouncer["max_client_conn"]), demand
+    else:
+        # Straight to Postgres: every pooled connection is a backend, next to the direct clients.
+        assert (port, api.db_pooler) == (5432, "none")
+        assert demand + headroom() <= int(rendered["postgres"]["max_connections"]), demand
+
+
+def test_every_box_writes_only_under_its_data_dir_and_finds_the_model(rendered):
+    # Relative defaults would resolve under the read-only release directory (/opt/wardrobe) the units run in.
+    for config in (rendered["api"], rendered["worker"]):
+        assert config.data_dir == Path("/var/lib/wardrobe")
+        assert config.u2net_home.is_absolute() and config.u2net_home.parts[:3] == ("/", "opt", "wardrobe")
+        assert config.memcached_servers and all(s.endswith(":11211") for s in config.memcached_servers)
+        assert config.redis_url.startswith("redis+sentinel://") and "sentinel_password=" in config.redis_url
+
+
+def test_migrations_go_to_postgres_itself_never_through_the_pooler(rendered):
+    migrate = rendered["migrate"]
+    assert urllib.parse.urlsplit(migrate.database_url).port == 5432
+    assert migrate.db_pooler == "none"
 
 
 def test_the_poolers_server_connections_fit_postgres_max_connections(rendered):
     bouncer = rendered["pgbouncer"]
     settings = bouncer["pgbouncer"]
     databases = len(bouncer["databases"])
-    headroom = yaml.safe_load((ANSIBLE / "roles/postgres/defaults/main.yml").read_text())[
-        "postgres_connection_headroom"
-    ]
     pooled = databases * (int(settings["default_pool_size"]) + int(settings["reserve_pool_size"]))
-    assert pooled + headroom <= int(rendered["postgres"]["max_connections"]), (pooled, headroom)
+    assert pooled + headroom() <= int(rendered["postgres"]["max_connections"]), pooled
 
 
 def test_pgbouncer_may_hold_a_descriptor_for_every_client_and_server_connection(rendered):

@@ -538,7 +538,8 @@ def test_ansible_never_indexes_hosts_by_position():
 
 
 def unit(name):
-    parser = configparser.ConfigParser(interpolation=None, strict=True, delimiters=("=",))
+    # Not strict: systemd takes some keys more than once (EnvironmentFile=, ReadWritePaths=), each adding to the last.
+    parser = configparser.ConfigParser(interpolation=None, strict=False, delimiters=("=",))
     parser.optionxform = str
     parser.read(CONF / "systemd" / name)
     return parser
@@ -558,6 +559,7 @@ def test_api_unit_is_a_notify_service_that_drains_gracefully():
     for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes"}.items():
         assert api[key] == value
     assert "/var/lib/wardrobe" in api["ReadWritePaths"]
+    assert api["StateDirectory"] == "wardrobe"
 
 
 def test_worker_units_stop_gracefully_and_yield_to_the_api():
@@ -568,6 +570,9 @@ def test_worker_units_stop_gracefully_and_yield_to_the_api():
     assert (
         "--no-periodic" not in worker["Environment"] + worker["ExecStart"]
     )  # the reaper beside every consumer
+    # The consumers write metrics, profiles and local images under the data dir; everything else is read-only.
+    assert worker["ProtectSystem"] == "strict"
+    assert "/var/lib/wardrobe" in worker["ReadWritePaths"] and worker["StateDirectory"] == "wardrobe"
     images = unit("wardrobe-worker@images.service.d/10-queue.conf")["Service"]
     assert images["CPUSchedulingPolicy"] == "idle"  # cutouts only on CPU the API leaves
     assert images["MemoryMax"]
