@@ -20,3 +20,14 @@ bench-version: ## List reads with the wardrobe version from Postgres vs. memcach
 .PHONY: bench-session
 bench-session: ## API CPU per request on the session mix, HEAD vs. the working tree -> bench/results/session.{json,md}
 	@$(PY) -m bench.session_ab $(MICRO_ARGS)
+
+.PHONY: bench-api
+STEPS ?= 500,1000,1500,2000
+STEP_SECONDS ?= 15
+bench-api: ## Users per API core: API on core 1, the rest on core 0, STEPS (STEP_SECONDS each) beside the floor and a minimal app -> bench/results/api-*
+	@scripts/services.sh start wardrobe_bench_api
+	@$(PY) -m bench.api_capacity --steps $(STEPS) --step-seconds $(STEP_SECONDS) $(MICRO_ARGS)
+
+.PHONY: bench-partitioning
+bench-partitioning: ## Hot item queries at 100,000 users, items unpartitioned vs hash-partitioned by user_id -> bench/results/partitioning.{json,md}
+	@$(PY) -m bench.partitioning $(MICRO_ARGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import psycopg2
@@ -103,3 +104,33 @@ def test_the_driver_and_kernel_interrupts_are_not_counted_as_other_work():
     assert driver["cpu_cores"] * summary["seconds"] >= 0.45
     assert summary["kernel_irq_share"] >= 0
     assert summary["unaccounted_share"] <= summary["machine_busy"]
+
+
+def test_users_per_core_is_the_last_step_passed_before_the_first_failure():
+    from bench.api_capacity import users_per_core
+
+    steps = [
+        {"users": 500, "passed": True},
+        {"users": 1000, "passed": True},
+        {"users": 1500, "passed": False},
+    ]
+
+    assert users_per_core(steps) == 1000
+    assert users_per_core([{"users": 500, "passed": False}]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="pins the server to core 1")
+def test_bench_api_steps_the_floor_on_its_own_core_and_reads_its_cpu(tmp_path):
+    """`make bench-api` in small: the floor app pinned to core 1, 20 users for 3 s."""
+    from bench import api_capacity
+
+    options = run.Options(data_dir=tmp_path / "data", population=500)
+
+    swept = api_capacity.sweep("floor", [20], 3, options, tmp_path)
+
+    (only,) = swept["steps"]
+    assert only["passed"] and only["errors"] == 0 and only["requests"] > 0, only
+    assert swept["pinned"]["api tree"] == "1" and only["affinity"]["api"] == "1"
+    assert only["api_cpu_ms_per_request"] > 0
+    assert swept["users_per_core"] == 20
