@@ -82,17 +82,8 @@ class Services:
     @classmethod
     def build(cls, config: Config, dispatcher: Any = None, **overrides: Any) -> Services:
         """`dispatcher`: what sends committed jobs (default: the Huey queues on this Redis, enqueue-only)."""
-        pool = overrides.pop("pool", None) or Pool(
-            config.database_url,
-            size=config.db_pool_size,
-            overflow=config.db_pool_overflow,
-            acquire_timeout=config.db_acquire_timeout,
-            connect_timeout=config.db_connect_timeout,
-            statement_timeout_ms=config.db_statement_timeout_ms,
-            idle_tx_timeout_ms=config.db_idle_tx_timeout_ms,
-            application_name="wardrobe-api",
-            observer=observability.PoolMetrics(),
-            pooler=config.db_pooler,
+        pool = overrides.pop("pool", None) or Pool.from_config(
+            config, config.database_url, application_name="wardrobe-api", observer=observability.PoolMetrics()
         )
         redis = overrides.pop("redis", None) or connect_redis(
             config.redis_url, pool_size=config.redis_pool_size, timeout=config.redis_timeout

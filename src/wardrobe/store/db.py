@@ -124,6 +124,22 @@ class Pool:
         self.in_use = 0
         self.waiting = 0
 
+    @classmethod
+    def from_config(cls, config: Any, dsn: str, *, application_name: str, observer: Any = None) -> Pool:
+        """The API's pool to `dsn` (the primary or a replica), sized and bounded by the settings."""
+        return cls(
+            dsn,
+            size=config.db_pool_size,
+            overflow=config.db_pool_overflow,
+            acquire_timeout=config.db_acquire_timeout,
+            connect_timeout=config.db_connect_timeout,
+            statement_timeout_ms=config.db_statement_timeout_ms,
+            idle_tx_timeout_ms=config.db_idle_tx_timeout_ms,
+            application_name=application_name,
+            observer=observer,
+            pooler=config.db_pooler,
+        )
+
     @property
     def max_connections(self) -> int:
         return self._max

@@ -339,17 +339,7 @@ def with_replicas(
     replicas = [
         (
             replica_name(dsn, index),
-            Pool(
-                dsn,
-                size=config.db_pool_size,
-                overflow=config.db_pool_overflow,
-                acquire_timeout=config.db_acquire_timeout,
-                connect_timeout=config.db_connect_timeout,
-                statement_timeout_ms=config.db_statement_timeout_ms,
-                idle_tx_timeout_ms=config.db_idle_tx_timeout_ms,
-                application_name=application_name,
-                pooler=config.db_pooler,
-            ),
+            Pool.from_config(config, dsn, application_name=application_name),
         )
         for index, dsn in enumerate(config.database_replica_urls if read_from_replicas else ())
     ]
