@@ -247,16 +247,10 @@ def measure(dsn: str, rows: list[dict[str, Any]], rounds: int) -> dict[str, dict
 
 
 def machine() -> dict[str, Any]:
-    load = os.getloadavg()
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "arch": platform.machine(), "load_average": load}
+    """The load test's machine facts (bench/report.py), with the load average this run started at."""
+    from bench import report
+
+    return {**report.machine(), "arch": platform.machine(), "load_average": os.getloadavg()}
 
 
 def report(result: dict[str, Any]) -> str:
