@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.analysis import outfits
-from tasks.analysis.ai import ItemAnalyzer, PermanentAIError, RateLimited, TransientAIError
+from tasks.analysis.ai import (
+    ItemAnalyzer,
+    LimiterUnavailable,
+    PermanentAIError,
+    RateLimited,
+    TransientAIError,
+)
 from wardrobe.clients.images import ImageError, ImageStore, StoreUnavailable
 from wardrobe.store.capsules import Capsules
 from wardrobe.store.items import Items
@@ -168,6 +174,13 @@ class StageRunner:
             delay = backoff(job["attempts"])
             retried = self._retry(job, f"image store unavailable: {exc}", delay, count_attempt=False)
             outcome = "retrying" if retried else "superseded"
+        except LimiterUnavailable as exc:
+            # Redis (the shared OpenAI budget) is away, a failover under way: not this job's fault either, so like
+            # the image store above no attempt is used up and no traceback is logged; the retry's send may fail too
+            # while Redis is away, and then the reaper resends the job.
+            log.warning("job %s (%s): %s, retrying", job_id, stage, exc)
+            retried = self._retry(job, str(exc), backoff(job["attempts"]), count_attempt=False)
+            outcome = "retrying" if retried else "superseded"
         except RateLimited as exc:
             # Not the job's fault: try again when a key has budget, without using up an attempt.
             deferred = self._retry(job, str(exc), exc.retry_after + random.uniform(0, 1), count_attempt=False)
@@ -184,6 +197,8 @@ class StageRunner:
             else:
                 outcome = "superseded"
         except Exception as exc:  # any other failure, TransientAIError too: retried a bounded number of times
+            # A timeout or a 5xx from OpenAI is an expected dependency failure: one line. Anything else is a bug
+            # until shown otherwise, and keeps its traceback.
             log.warning(
                 "job %s (%s, request %s) attempt %s failed: %s",
                 job_id,
@@ -191,7 +206,7 @@ class StageRunner:
                 job["request_id"],
                 job["attempts"],
                 exc,
-                exc_info=True,
+                exc_info=not isinstance(exc, TransientAIError),
             )
             if not isinstance(exc, TransientAIError):
                 self.report(exc, job_id=job_id, kind=kind, request_id=job["request_id"])

@@ -146,6 +146,41 @@ def test_a_late_run_that_fails_does_not_fail_the_finished_job(pool, tmp_path, us
     assert row("SELECT status FROM items WHERE id = %s", item["id"])[0] == "ready"
 
 
+def test_analysis_with_redis_away_waits_without_using_an_attempt_or_logging_a_traceback(
+    pool, tmp_path, user, caplog
+):
+    from tasks.analysis.ai import LimiterUnavailable
+
+    item, job = uploaded_item(tmp_path, user)
+    at_stage(job["id"], "analyze")
+
+    class LimiterDown:
+        source = "openai"
+
+        def analyze_item(self, image):
+            raise LimiterUnavailable(
+                "limiter_unavailable", "Error 111 connecting to 127.0.0.1:6379. Connection refused."
+            )
+
+    sent = []
+    runner = runner_for(
+        pool, tmp_path, analyzer=LimiterDown(), send=lambda jobs, **kw: sent.append((list(jobs), kw)) or 1
+    )
+    caplog.set_level("INFO")
+    assert runner.analyze(job["id"]) == "retrying"
+    state, attempts, error = row("SELECT state, attempts, error FROM jobs WHERE id = %s", job["id"])
+    assert state == "queued" and "limiter_unavailable" in error
+    assert attempts == 0  # the wait for Redis did not count against the job's attempts
+    assert sent and sent[0][1]["delay"] > 0  # sent again later, not at once
+    assert all(not r.exc_info for r in caplog.records), caplog.text  # a dependency outage, not a bug
+    # Redis back: the job runs to the end.
+    at_stage(job["id"], "analyze")
+    analyzer = HeldAnalyzer()
+    analyzer.hold_next = False
+    assert runner_for(pool, tmp_path, analyzer=analyzer).analyze(job["id"]) == "succeeded"
+    assert row("SELECT status FROM items WHERE id = %s", item["id"])[0] == "ready"
+
+
 # A worker process that claims the cutout and then dies as a native crash or the OOM killer would end it.
 _KILLING_RUN = """
 import os, signal, sys

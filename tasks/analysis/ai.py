@@ -131,6 +131,10 @@ class TransientAIError(AIError):
     """Worth retrying with backoff: timeouts, connection errors, 408/409/5xx."""
 
 
+class LimiterUnavailable(TransientAIError):
+    """Redis, which holds the keys' shared budget, is out of reach (down, or a Sentinel failover under way)."""
+
+
 class PermanentAIError(AIError):
     """Retrying the same input will fail again.
 
@@ -276,7 +280,7 @@ class OpenAIAnalyzer:
                 lease = self._pool.acquire(estimated, max_wait=self._max_wait)
             except RedisError as exc:
                 # Without the shared budget we could overrun every key at once: wait for Redis instead.
-                raise TransientAIError("limiter_unavailable", str(exc)) from exc
+                raise LimiterUnavailable("limiter_unavailable", str(exc)) from exc
             if not lease:
                 raise RateLimited(lease.retry_after, "no_key_has_budget")
             try:
