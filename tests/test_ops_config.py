@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -374,7 +375,16 @@ def test_fleet_nginx_config_passes_nginx_t(nginx_prefix):
 
 @needs(NGINX)
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed for a throwaway certificate")
-def test_ansible_rendered_nginx_config_passes_nginx_t(nginx_prefix):
+@pytest.mark.parametrize(
+    "images_origin",
+    [
+        "",
+        "http://10.0.9.61:5000/wardrobe-images/lab",
+        "https://10.0.9.62/wardrobe-images",  # an address: nginx -t here must resolve no names
+    ],
+    ids=["images-from-the-api", "images-from-a-path-style-bucket", "images-from-an-https-bucket"],
+)
+def test_ansible_rendered_nginx_config_passes_nginx_t(nginx_prefix, images_origin):
     jinja2 = pytest.importorskip("jinja2")
     defaults = yaml.safe_load((ANSIBLE / "roles" / "nginx_lb" / "defaults" / "main.yml").read_text())
     env = jinja2.Environment(
@@ -382,6 +392,10 @@ def test_ansible_rendered_nginx_config_passes_nginx_t(nginx_prefix):
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
     )
+    # The few Ansible filters and tests the template uses, as Ansible defines them.
+    env.filters["regex_replace"] = lambda value, pattern, replacement: re.sub(pattern, replacement, value)
+    env.filters["urlsplit"] = lambda value, part: getattr(urllib.parse.urlsplit(value), part)
+    env.tests["match"] = lambda value, pattern: re.match(pattern, value) is not None
     hosts = {f"api{i:02d}": {"ansible_host": f"10.0.1.{10 + i}"} for i in range(1, 16)}
     context = {
         **{k: v for k, v in defaults.items() if not isinstance(v, str) or "{{" not in v},
@@ -392,12 +406,20 @@ def test_ansible_rendered_nginx_config_passes_nginx_t(nginx_prefix):
         "nginx_lb_drained_backends": ["api02", "api03"],
         "nginx_lb_upstream_file": f"{nginx_prefix}/upstream.conf",
         "nginx_lb_targets": ["lb01"],
+        "nginx_lb_images_origin": images_origin,
     }
     upstream = env.get_template("upstream-servers.conf.j2").render(context)
     assert upstream.count("server 10.0.1.") == 15
     assert upstream.count(" down;") == 2
     (nginx_prefix / "upstream.conf").write_text(upstream)
     site = env.get_template("wardrobe.conf.j2").render(context)
+    images = site[site.index("location /images/") :]
+    images = images[: images.index("\n    }\n")]
+    if images_origin:  # image bytes never pass through gunicorn
+        assert "proxy_pass http://wardrobe_api" not in images
+        assert f"proxy_pass {images_origin}/;" in images
+    else:
+        assert "proxy_pass http://wardrobe_api;" in images
     result = nginx_test_of_http_include(nginx_prefix, site)
     assert result.returncode == 0, result.stderr
 
@@ -493,6 +515,7 @@ def ansible_env():
         "redis.yml",
         "postgres.yml",
         "monitoring.yml",
+        "lab/objectstore.yml",
     ],
 )
 def test_ansible_playbook_syntax(playbook):

@@ -32,9 +32,9 @@ ANSIBLE = REPO / "ansible"
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 SENTINEL_PORT = 26379
 MASTER_NAME = "wardrobe"
-# Jobs stranded on a killed worker come back after their lease (WARDROBE_JOB_LEASE_SECONDS, 300 by default)
+# Jobs stranded on a killed worker come back after their lease (wardrobe_job_lease_seconds, 90 s in the lab)
 # plus a reaper pass (15 s): the worker drill waits longer than that for them.
-WORKER_DRILL_GRACE = 420
+WORKER_DRILL_GRACE = 240
 
 
 def log(message: str) -> None:

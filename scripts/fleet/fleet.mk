@@ -1,6 +1,6 @@
 # The fleet lab (issue 17): real Debian 12 hosts booted as systemd-nspawn containers on this machine, provisioned
 # by the project's playbooks. Needs root. State lives in var/fleet/ (the cached base survives fleet-down).
-.PHONY: fleet-up fleet-hosts fleet-wheelhouse fleet-provision fleet-down fleet-kill fleet-boot fleet-status
+.PHONY: fleet-up fleet-hosts fleet-wheelhouse fleet-provision fleet-down fleet-kill fleet-boot fleet-status fleet-smoke
 
 FLEET := $(VENV)/bin/python scripts/fleet/lab.py
 # The lab's vault password is a committed lab-only test password (see ansible/inventories/lab/group_vars/all/).
@@ -32,3 +32,6 @@ fleet-boot: ## Boot a lab host again on its kept disk (HOST=api2)
 fleet-status: ## List the lab's hosts: address, up/down, ssh reachable
 	@$(FLEET) status
 -include scripts/fleet/drills.mk
+
+fleet-smoke: ## One user's upload end to end through the lab's LB: job done, every API host agrees, images served
+	@$(VENV)/bin/python scripts/fleet/smoke.py

@@ -11,6 +11,8 @@ APT_CACHE = STATE / "apt-cacher-ng"  # its config, cache and logs
 WHEELHOUSE = (
     REPO / "dist" / "wheelhouse"
 )  # beside the wheel the roles ship; production builds it the same way
+# The lab's stand-ins only (moto's S3 server), shipped to the objectstore host by ansible/lab/objectstore.yml.
+STAND_IN_WHEELHOUSE = REPO / "dist" / "lab-wheelhouse"
 LAB_JSON = STATE / "lab.json"
 INVENTORY = REPO / "ansible" / "inventories" / "lab"
 VENV_BIN = REPO / ".venv" / "bin"

@@ -13,7 +13,7 @@ from zipfile import ZipFile
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
-from paths import REPO, VENV_BIN, WHEELHOUSE
+from paths import REPO, STAND_IN_WHEELHOUSE, VENV_BIN, WHEELHOUSE
 
 # Debian 12's python3 is 3.11.2. pip download --python-version only changes tag and Requires-Python checks;
 # markers such as redis's `async-timeout; python_full_version < "3.11.3"` are still judged by the controller's
@@ -34,9 +34,9 @@ SDIST_ONLY = ["psycogreen", "gunicorn_h1c"]
 CONSTRAINTS = WHEELHOUSE / "constraints.txt"
 
 
-def pip_download(*requirements: str, deps: bool = True) -> None:
+def pip_download(*requirements: str, deps: bool = True, dest: Path = WHEELHOUSE) -> None:
     target = [f"--platform={p}" for p in PLATFORMS]
-    cmd = [str(VENV_BIN / "pip"), "download", "--quiet", "--dest", str(WHEELHOUSE), "--only-binary=:all:"]
+    cmd = [str(VENV_BIN / "pip"), "download", "--quiet", "--dest", str(dest), "--only-binary=:all:"]
     cmd += ["--find-links", str(WHEELHOUSE), "--constraint", str(CONSTRAINTS)]
     cmd += [f"--python-version={HOST_PYTHON}", "--implementation=cp", "--abi=cp311", *target]
     cmd += [] if deps else ["--no-deps"]
@@ -109,6 +109,11 @@ def build() -> None:
         sys.exit(f"wheelhouse: still missing {missing}")
     count = len(list(WHEELHOUSE.glob("*.whl")))
     print(f"wheelhouse: {count} wheels in {WHEELHOUSE} ({wheel.name})")
+    # The lab's S3-protocol server, at the version the object store's tests run against.
+    STAND_IN_WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+    pip_download("moto[server]", dest=STAND_IN_WHEELHOUSE)
+    count = len(list(STAND_IN_WHEELHOUSE.glob("*.whl")))
+    print(f"wheelhouse: {count} wheels for the lab's stand-ins in {STAND_IN_WHEELHOUSE}")
 
 
 if __name__ == "__main__":

@@ -82,12 +82,15 @@ class FakeOpenAI:
         hang_seconds: float = 2.0,
         port: int = 0,
         seed: int = 7,
+        host: str = "127.0.0.1",
+        keep: int | None = None,
     ) -> None:
         self.keys = set(keys) if keys else None
         self.rpm, self.tpm, self.window = rpm, tpm, window
         self.latency, self.hang_seconds = latency, hang_seconds
         self.requests: list[RecordedRequest] = []
-        self._port = port
+        self._host, self._port = host, port
+        self._keep = keep  # how many requests to remember (None: all, as tests read them)
         self._lock = threading.Lock()
         self._script: collections.deque[_Scripted] = collections.deque()
         self._sent: dict[str | None, collections.deque[tuple[float, int]]] = collections.defaultdict(
@@ -105,7 +108,7 @@ class FakeOpenAI:
         class Handler(_Handler):
             server_fake = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
+        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="fake-openai", daemon=True
@@ -123,7 +126,8 @@ class FakeOpenAI:
     def url(self) -> str:
         """The SDK's base_url (it includes /v1, as OpenAI's does)."""
         assert self._server is not None, "start() the fake first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
 
     # -- what tests set and read --------------------------------------------------------------------------
 
@@ -159,6 +163,8 @@ class FakeOpenAI:
         record = RecordedRequest(key=key, at=time.monotonic(), body=body if isinstance(body, dict) else {})
         with self._lock:
             self.requests.append(record)
+            if self._keep is not None and len(self.requests) > self._keep:
+                del self.requests[: -self._keep]
         status, headers, payload = self._answer(key, body)
         if "x-ratelimit-limit-requests" not in headers:
             with self._lock:
@@ -555,6 +561,7 @@ class _Answer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--rpm", type=int, default=None, help="requests per window per key (none: unlimited)")
     parser.add_argument("--tpm", type=int, default=None, help="tokens per window per key (none: unlimited)")
@@ -570,6 +577,8 @@ def main() -> None:
         window=args.window,
         latency=args.latency_ms / 1000,
         port=args.port,
+        host=args.host,
+        keep=1000,  # a long-running server must not grow without bound
     )
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
