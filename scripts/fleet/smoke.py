@@ -56,9 +56,9 @@ def request(url: str, auth: str = "", method: str = "GET", body: bytes | None = 
     try:
         # Only the lab's own http:// addresses reach here (checked in main).
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
-            return resp.status, dict(resp.headers), resp.read()
+            return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, exc.headers, exc.read()
 
 
 def multipart(image: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
