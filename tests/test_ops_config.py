@@ -169,7 +169,10 @@ class RecordingBackend(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self._record()
-        if self.path.startswith("/images/"):
+        if self.path.startswith("/busy"):  # what the API answers with Postgres away
+            body = b'{"title": "Service Unavailable", "description": "The database is unavailable; retry shortly."}'
+            self._answer(503, body, "application/json", [("Retry-After", "5")])
+        elif self.path.startswith("/images/"):
             self._answer(
                 200,
                 b"\x89PNG fake image bytes",
@@ -205,7 +208,7 @@ def render_local_nginx(prefix, listen, backend_addr):
     text = (
         text.replace("@PREFIX@", str(prefix)).replace("@LISTEN@", listen).replace("@BACKEND@", backend_addr)
     )
-    assert "@" not in re.sub(r"#.*", "", text), "unsubstituted placeholder"
+    assert not re.search(r"@[A-Z_]+@", re.sub(r"#.*", "", text)), "unsubstituted placeholder"
     conf = prefix / "nginx.conf"
     conf.write_text(text)
     return conf
@@ -273,6 +276,22 @@ def test_nginx_proxies_with_forwarding_headers_and_request_id(local_nginx, backe
     assert backend.seen[-1]["headers"]["X-Request-ID"] == "client-chosen-id-42"
     request(local_nginx, "GET", "/items", headers={"X-Request-ID": "bad id with spaces"})
     assert re.fullmatch(r"[0-9a-f]{32}", backend.seen[-1]["headers"]["X-Request-ID"])
+
+
+@needs(NGINX)
+def test_the_apps_503s_reach_clients_as_they_are_and_a_dead_backend_is_a_json_503(local_nginx, backend):
+    # Every backend answering 503 (a database outage) must not get them all marked dead by nginx.
+    for _ in range(6):
+        status, headers, body = request(local_nginx, "GET", "/busy")
+        assert status == 503 and headers["Retry-After"] == "5", (status, body)
+        assert json.loads(body)["description"].startswith("The database is unavailable")
+    status, _, _ = request(local_nginx, "GET", "/items")
+    assert status == 200  # the backend is still in rotation
+    backend.shutdown()
+    backend.server_close()
+    status, headers, body = request(local_nginx, "GET", "/items")
+    assert status == 503 and headers["Retry-After"] == "5" and headers["Content-Type"] == "application/json"
+    assert json.loads(body)["title"] == "Service Unavailable"
 
 
 @needs(NGINX)
