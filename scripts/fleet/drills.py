@@ -10,7 +10,6 @@ The lab must be whole again before the next drill starts. Results: bench/results
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -502,7 +501,7 @@ def markdown(report: dict) -> str:
             lines += [
                 "",
                 f"Jobs: {load['jobs_accepted']} accepted, {load['jobs_completed']} completed, "
-                f"{load['jobs_failed']} failed, {load['jobs_lost']} lost after a {load['grace_seconds']} s grace; "
+                f"{load['jobs_failed']} failed, {load['jobs_lost']} lost (waited {load['grace_seconds']} s after the traffic for the rest); "
                 f"uploads refused: {load['uploads_refused']} {load['uploads_refused_by_status']}; "
                 f"half-created items: {len(load['half_created_items'])}; 503s with Retry-After: "
                 f"{load['responses_503']['with_retry_after']}, without: {load['responses_503']['without']}.",
@@ -513,6 +512,15 @@ def markdown(report: dict) -> str:
         if d.get("before_next"):
             lines += ["", f"Lab before the next drill: {d['before_next']}"]
     return "\n".join(lines) + "\n"
+
+
+def machine_line() -> str:
+    """The controller, which runs every lab host: CPU model, cores, memory, kernel."""
+    sys.path.insert(0, str(REPO))
+    from bench import report
+
+    facts = report.machine()
+    return f"{facts['cpu']}, {facts['cores']} cores, {facts['memory_gb']} GB, Linux {facts['kernel']}"
 
 
 def main() -> None:
@@ -537,7 +545,7 @@ def main() -> None:
     stamp = datetime.now(UTC)
     report = {
         "started": stamp.isoformat(timespec="seconds"),
-        "machine": f"{platform.node()}, {platform.platform()}, {os.cpu_count()} cores",
+        "machine": machine_line(),
         "lab": ", ".join(f"{h.name} ({h.group})" for h in lab.hosts.values()),
         "lb_url": lab.lb_url,
         "users": args.users,
