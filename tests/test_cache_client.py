@@ -191,6 +191,24 @@ def test_memcached_outage_degrades_to_misses_and_recovers(memcached: Memcached) 
         own.kill()
 
 
+def test_a_failure_inside_the_memcached_client_is_a_miss_not_an_error() -> None:
+    class RacingClient:
+        """What pymemcache's HashClient raises when two greenlets retry a server that just came back."""
+
+        def get(self, key, default=None):
+            raise KeyError(("10.0.1.12", 11211))
+
+        def set(self, key, value, expire=0, noreply=None):
+            raise KeyError(("10.0.1.12", 11211))
+
+    seen = Recorder()
+    cache = Cache([], client=RacingClient(), on_error=seen.on_error, on_result=seen.on_result)
+    key = cache_key("items", 1, 1)
+    assert cache.get(key, "items") is MISSING
+    assert cache.set(key, ["coat"], 60, "items") is False
+    assert "items" in seen.errors
+
+
 def test_null_cache_always_misses() -> None:
     cache = NullCache()
     key = cache.key("items", 1, 1)

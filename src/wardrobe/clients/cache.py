@@ -202,8 +202,11 @@ class Cache:
             return operation(*args, **kwargs)
         except MemcacheIllegalInputError:
             raise
-        except (MemcacheError, OSError, RuntimeError, ValueError):
-            # OSError: refused/timed out; ValueError: corrupted JSON; RuntimeError: pymemcache pool exhausted.
+        except (MemcacheError, OSError, RuntimeError, ValueError, KeyError):
+            # OSError: refused/timed out; ValueError: corrupted JSON; RuntimeError: pymemcache pool exhausted;
+            # KeyError: HashClient's dead-server bookkeeping is not greenlet-safe: when a server comes back, two
+            # requests retrying it at once both `_failed_clients.pop(server)` and the second raises (seen on the
+            # fleet lab as a 500 right after an API host rebooted).
             self._on_error(kind)
             return fallback
         finally:
