@@ -5,6 +5,7 @@ files as they are in the repository.
 """
 
 import configparser
+import contextlib
 import gzip
 import http.client
 import json
@@ -223,12 +224,13 @@ def nginx_prefix():
     shutil.rmtree(prefix, ignore_errors=True)
 
 
-@pytest.fixture
-def local_nginx(nginx_prefix, backend):
+@contextlib.contextmanager
+def running_nginx(prefix, backend_addr):
+    """The local template's nginx in front of backend_addr; yields the port it listens on."""
     port = free_port()
-    conf = render_local_nginx(nginx_prefix, f"127.0.0.1:{port}", f"127.0.0.1:{backend.server_address[1]}")
+    conf = render_local_nginx(prefix, f"127.0.0.1:{port}", backend_addr)
     proc = subprocess.Popen(
-        [NGINX, "-p", str(nginx_prefix), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
+        [NGINX, "-p", str(prefix), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -237,8 +239,16 @@ def local_nginx(nginx_prefix, backend):
     except (RuntimeError, TimeoutError):
         proc.kill()
         raise RuntimeError(f"nginx did not start: {proc.communicate()[1].decode()}") from None
-    yield port
-    stop_process(proc, timeout=10)
+    try:
+        yield port
+    finally:
+        stop_process(proc, timeout=10)
+
+
+@pytest.fixture
+def local_nginx(nginx_prefix, backend):
+    with running_nginx(nginx_prefix, f"127.0.0.1:{backend.server_address[1]}") as port:
+        yield port
 
 
 def request(port, method, path, host="localhost", headers=None, body=None):
@@ -291,20 +301,8 @@ def test_the_apps_503s_reach_clients_as_they_are(local_nginx, backend):
 
 @needs(NGINX)
 def test_a_backend_nobody_answers_on_is_a_json_503_with_retry_after(nginx_prefix):
-    port = free_port()
-    conf = render_local_nginx(
-        nginx_prefix, f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"
-    )  # nothing listens
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(nginx_prefix), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_port(port, 10, proc)
+    with running_nginx(nginx_prefix, f"127.0.0.1:{free_port()}") as port:  # nothing listens there
         status, headers, body = request(port, "GET", "/items")
-    finally:
-        stop_process(proc, timeout=10)
     assert status == 503 and headers["Retry-After"] == "5" and headers["Content-Type"] == "application/json"
     assert json.loads(body)["title"] == "Service Unavailable"
 
