@@ -9,7 +9,6 @@ the first thing that is wrong. Traffic goes to the lab's own addresses only.
 """
 
 import argparse
-import io
 import json
 import shlex
 import subprocess
@@ -21,11 +20,12 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from drills import Lab, log
-from PIL import Image, ImageDraw
 
+from bench.seed import photo
 from wardrobe.web.auth import sign_init_data
 
 DOMAIN = "wardrobe.lab"  # wardrobe_domain in ansible/inventories/lab
@@ -33,19 +33,6 @@ DOMAIN = "wardrobe.lab"  # wardrobe_domain in ansible/inventories/lab
 
 class Failed(Exception):
     pass
-
-
-def photo() -> bytes:
-    """A garment-like shape on a plain background: enough for the cutout to find an object."""
-    img = Image.new("RGB", (480, 600), (235, 232, 226))
-    draw = ImageDraw.Draw(img)
-    draw.polygon(
-        [(140, 120), (340, 120), (400, 220), (350, 240), (350, 520), (130, 520), (130, 240), (80, 220)],
-        fill=(30, 70, 160),
-    )
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 def request(url: str, auth: str = "", method: str = "GET", body: bytes | None = None, ctype: str = ""):
@@ -114,7 +101,7 @@ def smoke(lab: Lab, timeout: float) -> dict:
 
     user_id = 7_000_000 + int(time.time()) % 1_000_000
     auth = "tma " + sign_init_data(lab.spec["bot_token"], {"id": user_id, "first_name": "Smoke"})
-    body, ctype = multipart(photo(), {"category": "top", "notes": "fleet smoke"})
+    body, ctype = multipart(photo(4242, (480, 600)), {"category": "top", "notes": "fleet smoke"})
     started = time.monotonic()
     status, _, answer = request(f"{lab.lb_url}/api/v1/items", auth, "POST", body, ctype)
     check(status == 202, f"upload through the LB is accepted (202): got {status} {answer[:300]!r}")
