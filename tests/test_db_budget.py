@@ -5,7 +5,9 @@ consumers' pools and reapers), sized as the app sizes them from the env file Ans
 file points the app: PgBouncer's max_client_conn (the fleet's setting, wardrobe_db_pooler: transaction), or
 Postgres's max_connections itself (wardrobe_db_pooler: none). With PgBouncer, its pools (default + reserve, per
 database) plus the clients that go to Postgres directly (migrations, psql, the exporter) must fit max_connections.
-Both ways are rendered, from one ansible-playbook run.
+Both ways are rendered, from one ansible-playbook run. So is a streaming replica (db02): the API's replica pools,
+sized like its primary pools, must fit the replica's pooler or Postgres, and the replica must allow what a hot
+standby needs of its primary.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ POOLERS = ("transaction", "none")
 
 
 def render_play(
-    hosts: str, roles: list[str], files: list[tuple[str, str, str]], out: Path, pooler: str
+    hosts: str,
+    roles: list[str],
+    files: list[tuple[str, str, str]],
+    out: Path,
+    pooler: str,
+    extra_vars: dict | None = None,
 ) -> dict:
     """A play that renders each role template (name, template under ansible/roles, file under `out`)."""
     return {
@@ -42,7 +49,7 @@ def render_play(
         "connection": "local",
         "gather_facts": False,
         # Play vars outrank the inventory's group_vars: the same inventory, either way of reaching Postgres.
-        "vars": {"wardrobe_db_pooler": pooler},
+        "vars": {"wardrobe_db_pooler": pooler, **(extra_vars or {})},
         "roles": roles,
         "tasks": [
             {
@@ -101,9 +108,22 @@ def render_playbook(out: Path) -> str:
                         "pgbouncer/templates/limits.conf.j2",
                         "pgbouncer-limits.conf",
                     ),
+                    ("Render pg_hba", "postgres/templates/pg_hba.conf.j2", "pg_hba.conf"),
                 ],
                 out / pooler,
                 pooler,
+            ),
+            # As postgres.yml configures the replicas' group.
+            render_play(
+                "db02",
+                ["postgres", "pgbouncer"],
+                [
+                    ("Render the replica's tuning", "postgres/templates/wardrobe.conf.j2", "replica.conf"),
+                    ("Render the replica's PgBouncer", "pgbouncer/templates/pgbouncer.ini.j2", "replica.ini"),
+                ],
+                out / pooler,
+                pooler,
+                {"postgres_standby": True},
             ),
         ]
     return yaml.safe_dump(plays, sort_keys=False)
@@ -114,6 +134,7 @@ SECRETS = [
     "vault_wardrobe_openai_api_keys=sk-budget",
     "vault_wardrobe_metrics_token=budget",
     "vault_wardrobe_db_password=budget",
+    "vault_wardrobe_db_replication_password=budget",
     "vault_wardrobe_redis_password=budget",
     "vault_wardrobe_s3_access_key_id=budget",
     "vault_wardrobe_s3_secret_access_key=budget",
@@ -166,16 +187,6 @@ def render(tmp_path_factory) -> tuple[Path, dict]:
 def rendered(request, render) -> dict:
     root, groups = render
     out = root / request.param
-    bouncer = configparser.ConfigParser(interpolation=None, delimiters=("=",), comment_prefixes=(";",))
-    bouncer.read(out / "pgbouncer.ini")
-    postgres = dict(
-        re.match(r"\s*(\w[\w.]*)\s*=\s*(.*?)\s*$", line).groups()
-        for line in (out / "postgres.conf").read_text().splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    )
-    limits = configparser.ConfigParser(interpolation=None)
-    limits.optionxform = str
-    limits.read(out / "pgbouncer-limits.conf")
     return {
         "pooler": request.param,
         "api": app_config(out / "api01.env"),
@@ -183,10 +194,37 @@ def rendered(request, render) -> dict:
         "migrate": app_config(out / "api01.env", out / "api01-migrate.env"),
         "api_boxes": len(groups["api"]["hosts"]),
         "worker_boxes": len(groups["workers"]["hosts"]),
-        "pgbouncer": bouncer,
-        "postgres": postgres,
-        "limits": limits["Service"],
+        "replica_hosts": {
+            name: groups["_meta"]["hostvars"][name] for name in groups["postgres_replicas"]["hosts"]
+        },
+        "pgbouncer": pgbouncer_ini(out / "pgbouncer.ini"),
+        "postgres": postgres_conf(out / "postgres.conf"),
+        "pg_hba": (out / "pg_hba.conf").read_text(),
+        "replica_pgbouncer": pgbouncer_ini(out / "replica.ini"),
+        "replica_postgres": postgres_conf(out / "replica.conf"),
+        "limits": pgbouncer_limits(out / "pgbouncer-limits.conf"),
     }
+
+
+def pgbouncer_ini(path: Path) -> configparser.ConfigParser:
+    bouncer = configparser.ConfigParser(interpolation=None, delimiters=("=",), comment_prefixes=(";",))
+    bouncer.read(path)
+    return bouncer
+
+
+def postgres_conf(path: Path) -> dict[str, str]:
+    return dict(
+        re.match(r"\s*(\w[\w.]*)\s*=\s*(.*?)\s*$", line).groups()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+
+
+def pgbouncer_limits(path: Path):
+    limits = configparser.ConfigParser(interpolation=None)
+    limits.optionxform = str
+    limits.read(path)
+    return limits["Service"]
 
 
 def app_config(*env_files: Path) -> Config:
@@ -285,3 +323,40 @@ def test_postgres_keeps_per_statement_totals_and_logs_slow_statements(rendered):
     postgres = rendered["postgres"]
     assert "pg_stat_statements" in postgres["shared_preload_libraries"]
     assert postgres["log_min_duration_statement"] not in ("-1", "'-1'")
+
+
+def test_the_api_reads_every_replica_through_the_same_kind_of_hop_and_the_workers_none(rendered):
+    api, worker = rendered["api"], rendered["worker"]
+    replicas = rendered["replica_hosts"]
+    urls = [urllib.parse.urlsplit(url) for url in api.database_replica_urls]
+    port = 6432 if rendered["pooler"] == "transaction" else 5432
+    assert sorted((u.hostname, u.port) for u in urls) == sorted(
+        (host["ansible_host"], port) for host in replicas.values()
+    )
+    assert all(u.password == "budget" and u.path == "/wardrobe" for u in urls)
+    assert worker.database_replica_urls == ()
+
+
+def test_the_apis_replica_pools_fit_each_replica(rendered):
+    # Each API worker keeps a pool per replica, sized like its primary pool (store/replicas.py).
+    demand = client_connections(rendered)["api"]
+    replica = rendered["replica_postgres"]
+    if rendered["pooler"] == "transaction":
+        assert demand <= int(rendered["replica_pgbouncer"]["pgbouncer"]["max_client_conn"]), demand
+    else:
+        assert demand + headroom() <= int(replica["max_connections"]), demand
+
+
+def test_a_replica_allows_what_a_hot_standby_needs_of_its_primary(rendered):
+    primary, replica = rendered["postgres"], rendered["replica_postgres"]
+    # A hot standby refuses to start with less of these than its primary has.
+    for setting in ("max_connections", "max_wal_senders"):
+        assert int(replica[setting]) >= int(primary[setting]), setting
+    assert replica["hot_standby"] == "on" and "hot_standby" not in primary
+    assert int(primary["max_replication_slots"]) >= len(rendered["replica_hosts"])
+    for host in rendered["replica_hosts"].values():
+        assert re.search(
+            rf"^host\s+replication\s+replicator\s+{re.escape(host['ansible_host'])}/32\s+scram-sha-256$",
+            rendered["pg_hba"],
+            re.M,
+        ), rendered["pg_hba"]

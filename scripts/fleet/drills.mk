@@ -1,5 +1,5 @@
 # Drills on the fleet lab under steady load through its load balancer (issue 17, section 4). Needs root and a
-# converged lab (make fleet-up). DRILLS=1,3 picks drills (all six by default); DRILL_USERS and DRILL_SECONDS
+# converged lab (make fleet-up). DRILLS=1,3 picks drills (all seven by default); DRILL_USERS and DRILL_SECONDS
 # size the load (150 users, 150 s per drill).
 .PHONY: fleet-test
 

@@ -32,7 +32,11 @@ LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 SENTINEL_PORT = 26379
 MASTER_NAME = "wardrobe"
 # Jobs stranded on a killed worker come back after their lease (wardrobe_job_lease_seconds, 90 s in the lab)
-# plus a reaper pass (15 s): the worker drill waits longer than that for them.
+# plus a reaper pass (15 s): the worker drill keeps the victim down past both, so the other worker's reaper, not
+# the victim's own restart, has to bring them back, and waits longer than that for the rest.
+JOB_LEASE_SECONDS = 90
+REAPER_INTERVAL_SECONDS = 15
+WORKER_DOWN_SECONDS = JOB_LEASE_SECONDS + 3 * REAPER_INTERVAL_SECONDS
 WORKER_DRILL_GRACE = 240
 
 
@@ -380,25 +384,42 @@ def drill_redis(lab: Lab, args) -> dict:
 
 
 def drill_worker(lab: Lab, args) -> dict:
-    """4. A worker host killed during cutouts: its jobs complete on the other worker after their lease."""
+    """4. A worker host killed during cutouts and kept down past the lease: the other worker's reaper resends its
+    jobs and they complete there."""
     victim = lab.hosts[args.worker_victim]
     since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    load = Load(lab, args, 4, args.seconds, WORKER_DRILL_GRACE, first_uploads=2)
+    kill_at = 20
+    seconds = max(args.seconds, kill_at + WORKER_DOWN_SECONDS + 15)
+    load = Load(lab, args, 4, seconds, WORKER_DRILL_GRACE, first_uploads=2)
     # Users upload on arrival (over the first 10 s): the images queue is busy when the host dies.
-    pause_until(load, 20)
+    pause_until(load, kill_at)
     lab.kill(victim.name)
-    pause_until(load, 60)
-    lab.boot(victim.name)
-    load_result = load.result()
+    killed = time.monotonic()
+    pause_until(load, kill_at + WORKER_DOWN_SECONDS)
+    down_s = round(time.monotonic() - killed, 1)
+    # What the survivors' reapers did while the victim was down (every consumer runs one; a lock lets one act).
     others = [h for h in lab.group("workers") if h.name != victim.name]
-    reaper = {
-        h.name: [
-            ln for ln in lab.journal(h, "wardrobe-worker@images.service", since, 400) if "reap" in ln.lower()
-        ][-10:]
+    resent = {
+        h.name: [ln for ln in lab.journal(h, "wardrobe-worker@*", since, 2000) if "reaper: resent" in ln][
+            -10:
+        ]
         for h in others
     }
-    checks = {"victim": victim.name, "reaper_log_on_others": reaper}
-    passed = "error" not in load_result and load_result["jobs_lost"] == 0 and load_result["failed"] == 0
+    lab.boot(victim.name)
+    load_result = load.result()
+    checks = {
+        "victim": victim.name,
+        "victim_down_seconds": down_s,
+        "job_lease_seconds": JOB_LEASE_SECONDS,
+        "reaper_resent_on_others": resent,
+        "stranded_jobs_resent_by_another_host": any(resent.values()),
+    }
+    passed = (
+        "error" not in load_result
+        and load_result["jobs_lost"] == 0
+        and load_result["failed"] == 0
+        and checks["stranded_jobs_resent_by_another_host"]
+    )
     return {"load": load_result, "checks": checks, "passed": passed}
 
 
@@ -457,6 +478,77 @@ def drill_memcached(lab: Lab, args) -> dict:
     return {"load": load_result, "checks": checks, "passed": passed}
 
 
+def replica_commits(lab: Lab, host: machine.Host) -> int | None:
+    """Transactions the replica has run in the wardrobe database: rising under load means the API reads it."""
+    out = lab.run_in(
+        host,
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-tAc",
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'wardrobe'",
+    )
+    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
+
+
+def replica_streaming(lab: Lab, primary: machine.Host, replica: machine.Host) -> bool:
+    out = lab.run_in(
+        primary,
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-tAc",
+        f"SELECT count(*) FROM pg_stat_replication WHERE client_addr = '{replica.address}' "
+        "AND state = 'streaming'",
+    )
+    return out.stdout.strip() == "1"
+
+
+def drill_replica(lab: Lab, args) -> dict:
+    """7. The Postgres replica's host killed: reads fall back to the primary with no error, and the replica
+    streams and serves again after boot."""
+    replicas = lab.group("postgres_replicas")
+    if not replicas:
+        return {"passed": False, "checks": {"error": "the lab has no postgres_replicas host"}}
+    victim, primary = replicas[0], lab.group("postgres")[0]
+    load = Load(lab, args, 7, args.seconds, 120)
+    pause_until(load, 10)
+    first = replica_commits(lab, victim)
+    pause_until(load, 30)
+    before = replica_commits(lab, victim)
+    lab.kill(victim.name)
+    pause_until(load, 80)
+    lab.boot(victim.name)
+    streaming_s = lab.wait(lambda: replica_streaming(lab, primary, victim), 120, 2)
+    again = replica_commits(lab, victim)
+    time.sleep(15)
+    later = replica_commits(lab, victim)
+    load_result = load.result()
+    read_before = None not in (first, before) and before > first
+    read_after = None not in (again, later) and later > again
+    checks = {
+        "victim": victim.name,
+        "replica_transactions_10s_30s": [first, before],
+        "replica_served_reads_before_the_kill": read_before,
+        "streaming_again_after_boot_seconds": streaming_s,
+        "replica_transactions_at_streaming_and_15s_later": [again, later],
+        "replica_served_reads_after_boot": read_after,
+    }
+    passed = (
+        "error" not in load_result
+        and load_result["failed"] == 0
+        and load_result["jobs_lost"] == 0
+        and read_before
+        and read_after
+        and streaming_s is not None
+    )
+    return {"load": load_result, "checks": checks, "passed": passed}
+
+
 DRILLS = {
     1: ("API host killed hard", drill_api_kill),
     2: ("Rolling deploy of a new build", drill_deploy),
@@ -464,6 +556,7 @@ DRILLS = {
     4: ("Worker host killed during cutouts", drill_worker),
     5: ("Postgres host restarted", drill_postgres),
     6: ("memcached stopped on one API host", drill_memcached),
+    7: ("Postgres replica's host killed", drill_replica),
 }
 
 
@@ -527,7 +620,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--drills", default=os.environ.get("DRILLS") or "1,2,3,4,5,6")
+    parser.add_argument("--drills", default=os.environ.get("DRILLS") or "1,2,3,4,5,6,7")
     parser.add_argument("--users", type=int, default=int(os.environ.get("DRILL_USERS") or 150))
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("DRILL_SECONDS") or 150))
     parser.add_argument("--api-victim", default="api2")

@@ -8,7 +8,7 @@ from machine import Host
 from paths import INVENTORY, LAB_JSON, VENV_BIN
 
 # The groups a host is filed under in lab.json: the tiers, not the groups made of other groups.
-TIERS = ["lb", "api", "redis", "workers", "postgres", "monitoring", "objectstore"]
+TIERS = ["lb", "api", "redis", "workers", "postgres", "postgres_replicas", "monitoring", "objectstore"]
 VAULT_PASSWORD = INVENTORY / "vault-password.txt"
 
 
