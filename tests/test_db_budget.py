@@ -126,6 +126,15 @@ def render_playbook(out: Path) -> str:
                 {"postgres_standby": True},
             ),
         ]
+    plays.append(
+        render_play(
+            "db01:db02",
+            ["firewall"],
+            [("Render the firewall", "firewall/templates/nftables.conf.j2", "{{ inventory_hostname }}.nft")],
+            out,
+            "transaction",
+        )
+    )
     return yaml.safe_dump(plays, sort_keys=False)
 
 
@@ -360,3 +369,28 @@ def test_a_replica_allows_what_a_hot_standby_needs_of_its_primary(rendered):
             rendered["pg_hba"],
             re.M,
         ), rendered["pg_hba"]
+
+
+def firewall(out: Path, host: str) -> dict[int, set[str]]:
+    """What the rendered nftables rules of a host let in: port -> source addresses."""
+    opened: dict[int, set[str]] = {}
+    for line in (out / f"{host}.nft").read_text().splitlines():
+        match = re.search(r"saddr \{ (.*?) \} tcp dport \{ (.*?) \} accept", line)
+        if match:
+            for port in match.group(2).split(", "):
+                opened.setdefault(int(port), set()).update(match.group(1).split(", "))
+    return opened
+
+
+def test_only_the_api_reaches_a_replica_and_only_replicas_stream_from_the_primary(render):
+    out, groups = render
+    address = {name: hv["ansible_host"] for name, hv in groups["_meta"]["hostvars"].items()}
+
+    def hosts(*names: str) -> set[str]:
+        return {address[h] for name in names for h in groups[name]["hosts"]}
+
+    primary, replica = firewall(out, "db01"), firewall(out, "db02")
+    assert primary[5432] == hosts("api", "workers", "postgres_replicas")
+    assert primary[6432] == hosts("api", "workers")
+    assert replica[5432] == replica[6432] == hosts("api")
+    assert replica[9187] == hosts("monitoring")
