@@ -478,34 +478,26 @@ def drill_memcached(lab: Lab, args) -> dict:
     return {"load": load_result, "checks": checks, "passed": passed}
 
 
+def psql(lab: Lab, host: machine.Host, sql: str) -> str | None:
+    """One query as the postgres OS user on a lab host; its output, or None if it failed."""
+    out = lab.run_in(host, "runuser", "-u", "postgres", "--", "psql", "-tAc", sql)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 def replica_commits(lab: Lab, host: machine.Host) -> int | None:
     """Transactions the replica has run in the wardrobe database: rising under load means the API reads it."""
-    out = lab.run_in(
-        host,
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        "psql",
-        "-tAc",
-        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'wardrobe'",
+    out = psql(
+        lab, host, "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'wardrobe'"
     )
-    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
+    return int(out) if out and out.isdigit() else None
 
 
 def replica_streaming(lab: Lab, primary: machine.Host, replica: machine.Host) -> bool:
-    out = lab.run_in(
-        primary,
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        "psql",
-        "-tAc",
+    sql = (
         f"SELECT count(*) FROM pg_stat_replication WHERE client_addr = '{replica.address}' "
-        "AND state = 'streaming'",
+        "AND state = 'streaming'"
     )
-    return out.stdout.strip() == "1"
+    return psql(lab, primary, sql) == "1"
 
 
 def drill_replica(lab: Lab, args) -> dict:
