@@ -31,10 +31,10 @@ ANSIBLE = REPO / "ansible"
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 SENTINEL_PORT = 26379
 MASTER_NAME = "wardrobe"
-# Jobs stranded on a killed worker come back after their lease (wardrobe_job_lease_seconds, 90 s in the lab)
+# Jobs stranded on a killed worker come back after their lease (the inventory's wardrobe_job_lease_seconds)
 # plus a reaper pass (15 s): the worker drill keeps the victim down past both, so the other worker's reaper, not
 # the victim's own restart, has to bring them back, and waits longer than that for the rest.
-JOB_LEASE_SECONDS = 90
+JOB_LEASE_SECONDS = int(inventory.setting("wardrobe_job_lease_seconds"))
 REAPER_INTERVAL_SECONDS = 15
 WORKER_DOWN_SECONDS = JOB_LEASE_SECONDS + 3 * REAPER_INTERVAL_SECONDS
 WORKER_DRILL_GRACE = 240

@@ -21,6 +21,11 @@ def hosts() -> list[Host]:
     ]
 
 
+def setting(name: str):
+    """A lab-wide setting from group_vars/all/main.yml (what the roles write into every host's env)."""
+    return yaml.safe_load((INVENTORY / "group_vars" / "all" / "main.yml").read_text())[name]
+
+
 def select(name: str) -> Host:
     for host in hosts():
         if host.name == name:
