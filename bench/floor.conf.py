@@ -13,6 +13,7 @@ control_socket_disable = True
 
 
 def post_fork(server, worker):
-    from wardrobe.ops.serverio import send_head_with_body
+    from wardrobe.ops.serverio import send_head_with_body, snapshot_settings
 
     send_head_with_body()  # as the API does: one send per response
+    snapshot_settings(worker.cfg)  # a request reads a dozen settings: plain attributes, not __getattr__

@@ -89,9 +89,10 @@ def child_exit(server, worker):
 
 
 def post_fork(server, worker):
-    from wardrobe.ops.serverio import send_head_with_body
+    from wardrobe.ops.serverio import send_head_with_body, snapshot_settings
 
     send_head_with_body()  # one send per response, not one for the head and one for the body
+    snapshot_settings(worker.cfg)  # a request reads a dozen settings: plain attributes, not __getattr__
 
 
 def post_worker_init(worker):

@@ -19,8 +19,8 @@ class RecordingSocket:
         self.sends.append(bytes(data))
 
 
-def respond(request: bytes, status: str, headers: list, body: list[bytes]) -> list[bytes]:
-    cfg = Config()
+def respond(request: bytes, status: str, headers: list, body: list[bytes], cfg=None) -> list[bytes]:
+    cfg = cfg or Config()
     req = next(iter(RequestParser(cfg, iter([request]), ("127.0.0.1", 40000))))
     sock = RecordingSocket()
     resp, _ = wsgi.create(req, sock, ("127.0.0.1", 40000), ("127.0.0.1", 8000), cfg)
@@ -81,6 +81,22 @@ def test_a_json_answer_leaves_in_one_send_instead_of_two(same_date, monkeypatch)
     assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and sent.endswith(b'\r\n\r\n{"id": 123}')
     # Later parts of a body still follow as they come.
     assert len(respond(*CASES["several parts"])) == 3
+
+
+def test_a_workers_settings_read_the_same_from_the_snapshot_and_requests_go_out_alike(same_date):
+    configured = Config()
+    configured.set("keepalive", 75)
+    configured.set("forwarded_allow_ips", "10.0.0.1")
+    snapshot = Config()
+    snapshot.set("keepalive", 75)
+    snapshot.set("forwarded_allow_ips", "10.0.0.1")
+    serverio.snapshot_settings(snapshot)
+    for name in configured.settings:
+        assert getattr(snapshot, name) == getattr(configured, name), name
+    assert snapshot.keepalive == 75 and "keepalive" in vars(snapshot)  # read without Config.__getattr__
+    assert snapshot.worker_class is configured.worker_class  # properties still compute themselves
+    for case in CASES.values():
+        assert respond(*case, cfg=snapshot) == respond(*case, cfg=configured)
 
 
 def test_the_startup_heap_is_out_of_the_collectors_reach():
