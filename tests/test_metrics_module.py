@@ -91,6 +91,24 @@ def test_requests_are_timed_by_route_template_and_in_flight_returns_to_zero() ->
     assert {"2.0", "30.0", "+Inf"} <= bucket_edges
 
 
+def test_a_scrape_shows_the_pools_connections_in_use_and_every_acquire_timed(config) -> None:
+    from wardrobe.store.db import Pool
+
+    resource = metrics.MetricsResource(authorize=lambda req: True)
+    pool = Pool(config.database_url, size=2, overflow=0, observer=observability.PoolMetrics())
+    before = scrape(resource)
+    try:
+        with pool.connection(), pool.connection():
+            during = scrape(resource)
+        after = scrape(resource)
+    finally:
+        pool.close()
+    count = "wardrobe_db_pool_acquire_seconds_count"
+    assert value(during, "wardrobe_db_pool_in_use") - value(before, "wardrobe_db_pool_in_use") == 2
+    assert value(after, "wardrobe_db_pool_in_use") == value(before, "wardrobe_db_pool_in_use")
+    assert value(after, count) - value(before, count) == 2
+
+
 def test_metrics_need_authorization() -> None:
     app = falcon.App()
     app.add_route("/metrics", metrics.MetricsResource(authorize=lambda req: False))

@@ -134,6 +134,7 @@ class Services:
         if self.profiler is not None:
             self.profiler.start()
         metrics.ProcessUsage("api").start(interval=15)
+        metrics.live_gauges().start(interval=1.0)
         try:
             self.pool.ping()
         except Exception as exc:  # noqa: BLE001 - a dependency down at start must not kill the worker

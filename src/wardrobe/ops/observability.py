@@ -43,13 +43,17 @@ class OperatorGuard:
 
 
 class PoolMetrics:
-    """The Postgres pool's observer."""
+    """The Postgres pool's observer: every acquire's wait timed; connections in use and greenlets waiting
+    published as live gauges (metrics.LiveGauges), not written on every acquire."""
 
-    def acquired(self, seconds: float, in_use: int, waiting: int) -> None:
+    def watch(self, pool: Any) -> None:
         c = metrics.collectors()
-        c.db_pool_acquire.observe(seconds)
-        c.db_pool_in_use.set(in_use)
-        c.db_pool_waiting.set(waiting)
+        live = metrics.live_gauges()
+        live.watch(c.db_pool_in_use, lambda: pool.in_use)
+        live.watch(c.db_pool_waiting, lambda: pool.waiting)
+
+    def acquired(self, seconds: float) -> None:
+        metrics.collectors().db_pool_acquire.observe(seconds)
 
 
 def cache_error(kind: str) -> None:

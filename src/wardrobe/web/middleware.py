@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,7 +27,9 @@ class RequestId:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
         incoming = req.get_header("X-Request-ID") or ""
-        req.context.request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+        req.context.request_id = (
+            incoming if REQUEST_ID_RE.fullmatch(incoming) else os.urandom(16).hex()
+        )  # uuid4's randomness, not its object
         req.context.user = None
         resp.set_header("X-Request-ID", req.context.request_id)
 
