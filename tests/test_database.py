@@ -1,6 +1,7 @@
 """Postgres under stress and failure: a full pool answers 503, a restarted server is recovered from, and the
 migrations build the schema from an empty database."""
 
+import contextlib
 import subprocess
 import uuid
 from pathlib import Path
@@ -95,3 +96,88 @@ def test_a_user_row_wiped_behind_the_api_is_recreated_not_a_500(client, user):
     first = upload(client, user, image_bytes())
     assert first.status_code == 503 and first.headers["retry-after"] == "1"
     assert upload(client, user, image_bytes()).status_code == 202
+
+
+class QueryCounter:
+    """A TCP relay to the local Postgres that counts the simple-query messages (one per round trip) clients send."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.queries: list[bytes] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def dsn(self) -> str:
+        database = TEST_DSN.rsplit("/", 1)[1]
+        return f"postgresql://127.0.0.1:{self.port}/{database}?sslmode=disable"
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            client, _ = self._listener.accept()
+            server = socket.create_connection(("127.0.0.1", 5432))
+            threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
+            threading.Thread(target=self._client_to_server, args=(client, server), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+
+    def _client_to_server(self, client, server) -> None:
+        buffer, started = b"", False
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                server.sendall(data)
+                buffer += data
+                while True:
+                    if not started:  # the startup packet: a length, no type byte
+                        if len(buffer) < 4 or len(buffer) < int.from_bytes(buffer[:4], "big"):
+                            break
+                        buffer, started = buffer[int.from_bytes(buffer[:4], "big") :], True
+                        continue
+                    if len(buffer) < 5 or len(buffer) < 1 + int.from_bytes(buffer[1:5], "big"):
+                        break
+                    size = 1 + int.from_bytes(buffer[1:5], "big")
+                    if buffer[:1] == b"Q":
+                        self.queries.append(buffer[5 : size - 1])
+                    buffer = buffer[size:]
+
+
+@pytest.mark.parametrize("pooler", ["none", "transaction"])
+def test_a_transaction_costs_one_round_trip_more_than_its_statements_and_a_read_no_more_than_two(pooler):
+    counter = QueryCounter()
+    pool = Pool(counter.dsn(), size=1, overflow=0, statement_timeout_ms=300, pooler=pooler)
+
+    def two_statements(cur):
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS counted (n int)")
+        cur.execute("INSERT INTO counted VALUES (%s) RETURNING n", (7,))
+        return cur.fetchone()["n"]
+
+    def read(cur):
+        cur.execute("SELECT %s AS n", (5,))
+        return cur.fetchone()["n"]
+
+    try:
+        pool.ping()
+        counter.queries.clear()
+        assert pool.run(two_statements) == 7
+        assert len(counter.queries) == 3, counter.queries  # BEGIN rides on the first statement, then COMMIT
+        counter.queries.clear()
+        assert pool.run(read, transaction=False) == 5
+        assert len(counter.queries) == (1 if pooler == "none" else 2), counter.queries
+        # The settings really apply to the statement they were sent with.
+        with pytest.raises(psycopg2.errors.QueryCanceled):
+            pool.run(lambda cur: cur.execute("SELECT pg_sleep(2)"), transaction=pooler == "none")
+        # A failed transaction is rolled back and commits nothing; the connection goes on serving.
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            pool.run(lambda cur: cur.execute("INSERT INTO counted VALUES (1 / 0)"))
+        assert pool.run(read) == 5
+    finally:
+        pool.close()

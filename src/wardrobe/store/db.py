@@ -38,6 +38,30 @@ class DictCursor(psycopg2.extensions.cursor):
     client's CPU for a 20-item page (511 vs 312 us), and one of the larger Python costs of a loaded worker.
     """
 
+    # Sent in front of the next statement, in the same round trip (Pool.run's BEGIN); None once it has been.
+    _pending: str | None = None
+
+    def begin_with_next_statement(self, begin: str) -> None:
+        self._pending = begin + "; "
+
+    @property
+    def began(self) -> bool:
+        return self._pending is None
+
+    def execute(self, query: Any, vars: Any = None) -> None:
+        if self._pending is not None:
+            if not isinstance(query, str | bytes):
+                query = query.as_string(self)  # psycopg2.sql composition
+            prefix, self._pending = self._pending, None
+            query = (prefix.encode() if isinstance(query, bytes) else prefix) + query
+        super().execute(query, vars)
+
+    def executemany(self, query: Any, vars_list: Any) -> None:
+        if self._pending is not None:
+            super().execute(self._pending)
+            self._pending = None
+        super().executemany(query, vars_list)
+
     def _columns(self) -> list[str]:
         return [column[0] for column in self.description]
 
@@ -99,9 +123,10 @@ class Pool:
         self._connect_timeout = connect_timeout
         # Direct: the timeouts ride on the startup packet, free. Behind a transaction pooler that packet either is
         # refused (PgBouncer knows no `options`) or would set them on a server connection other clients share, so
-        # each transaction sets its own with SET LOCAL instead, in the same round trip as its BEGIN: a transaction
-        # costs what it did, an autocommit read two round trips more (BEGIN, COMMIT) to a pooler on the Postgres
-        # host. Role-level settings (ALTER ROLE ... SET statement_timeout) would cost nothing, but they would live
+        # each unit of work, reads included, is a transaction that sets its own with SET LOCAL, in the same round
+        # trip as its BEGIN and its first statement (PostgreSQL applies a SET LOCAL to the statements after it in
+        # the same message): a read costs one round trip more (its COMMIT) to a pooler on the Postgres host, a
+        # transaction nothing more. Role-level settings (ALTER ROLE ... SET statement_timeout) would cost nothing, but they would live
         # in the database instead of the app's settings, bind migrations and psql too, and could not differ per
         # process (API, workers) or per call (the backlog's tighter bound); the server-wide statement_timeout of the
         # postgres role stays the backstop for anything that bypasses the pool.
@@ -110,19 +135,34 @@ class Pool:
             f"-c statement_timeout={int(statement_timeout_ms)} "
             f"-c idle_in_transaction_session_timeout={int(idle_tx_timeout_ms)}"
         )
+        # Sent with the first statement of a transaction (DictCursor), never alone: a transaction of n statements is
+        # n + 1 round trips (its COMMIT), not psycopg2's n + 2 (a BEGIN of its own).
         self._begin = (
             f"BEGIN; SET LOCAL statement_timeout = {int(statement_timeout_ms)}; "
             f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_tx_timeout_ms)}"
+            if self._per_transaction
+            else "BEGIN"
         )
         self._application_name = application_name
         self._connect = connect
         self._observer = observer
         self._idle: deque[Any] = deque()
-        # Looked up at construction, after gevent has patched threading in the API workers.
-        self._slots = threading.BoundedSemaphore(self._max)
-        self._lock = threading.Lock()
+        # Chosen at construction, after gevent has patched the API workers. Under gevent the pool is shared by
+        # greenlets of one thread, and the sections under `_lock` never yield, so they need no lock; the slots are
+        # gevent's own semaphore (in C) rather than threading's, which gevent's patch leaves pure Python over a
+        # Condition: together about 4 % of an API worker's CPU on the session mix (py-spy).
+        if gevent_active():
+            from gevent.lock import BoundedSemaphore
+
+            self._slots: Any = BoundedSemaphore(self._max)
+            self._lock: Any = contextlib.nullcontext()
+        else:
+            self._slots = threading.BoundedSemaphore(self._max)
+            self._lock = threading.Lock()
         self.in_use = 0
         self.waiting = 0
+        if observer is not None:
+            observer.watch(self)  # reads in_use and waiting when it publishes them
 
     @classmethod
     def from_config(cls, config: Any, dsn: str, *, application_name: str, observer: Any = None) -> Pool:
@@ -177,7 +217,7 @@ class Pool:
             with self._lock:
                 self.waiting -= 1
         if self._observer is not None:
-            self._observer.acquired(time.monotonic() - started, self.in_use, self.waiting)
+            self._observer.acquired(time.monotonic() - started)
         if not got:
             raise PoolTimeout(f"no database connection free within {self._acquire_timeout:g}s")
         try:
@@ -235,26 +275,21 @@ class Pool:
 
         Retrying is safe because a connection that died before COMMIT committed nothing.
         """
+        explicit = transaction or self._per_transaction
         for attempt in (1, 2):
             conn = self._acquire()
             broken = False
             committing = False
             try:
-                if self._per_transaction:
-                    # Autocommit as far as psycopg2 knows: the BEGIN is ours, so it carries the SET LOCALs.
-                    with conn.cursor(cursor_factory=DictCursor) as cur:
-                        cur.execute(self._begin)
-                        result = work(cur)
+                # The connection stays in autocommit as far as psycopg2 knows: the BEGIN is ours and goes out with
+                # the first statement (psycopg2's own would be a round trip of its own).
+                with conn.cursor(cursor_factory=DictCursor) as cur:
+                    if explicit:
+                        cur.begin_with_next_statement(self._begin)
+                    result = work(cur)
+                    if explicit and cur.began:
                         committing = True
                         cur.execute("COMMIT")
-                    return result
-                if transaction:
-                    conn.autocommit = False
-                with conn.cursor(cursor_factory=DictCursor) as cur:
-                    result = work(cur)
-                if transaction:
-                    committing = True
-                    conn.commit()
                 return result
             except CONNECTION_ERRORS as exc:
                 if not conn.closed:
@@ -267,11 +302,7 @@ class Pool:
                     ) from exc
                 log.warning("database connection lost, retrying on a fresh one: %s", exc)
             finally:
-                if not conn.closed and (transaction or self._per_transaction):
-                    with contextlib.suppress(psycopg2.Error):
-                        _end_transaction(conn)
-                        conn.autocommit = True
-                self._release(conn, broken=broken or bool(conn.closed))
+                self._release(conn, broken=broken or bool(conn.closed))  # rolls back whatever is still open
         raise AssertionError("unreachable")  # pragma: no cover
 
     def read(self, user_id: int, work: Callable[[Any], T]) -> T:

@@ -122,20 +122,24 @@ class Items:
         values = [Json(changes[k]) if k == "colors" else changes[k] for k in fields]
 
         def update(cur: Any) -> Any:
+            # The edit and its version bump in one statement: the transaction is two round trips, with COMMIT.
             cur.execute(
                 f"""
-                UPDATE items
-                   SET {sets},
-                       user_fields = ARRAY(SELECT DISTINCT unnest(user_fields || %s::text[])),
-                       updated_at = clock_timestamp()
-                 WHERE id = %s AND user_id = %s
-             RETURNING {ITEM_COLUMNS}
+                WITH changed AS (
+                    UPDATE items
+                       SET {sets},
+                           user_fields = ARRAY(SELECT DISTINCT unnest(user_fields || %s::text[])),
+                           updated_at = clock_timestamp()
+                     WHERE id = %s AND user_id = %s
+                 RETURNING {ITEM_COLUMNS}
+                ), bumped AS ({users.bump_version_when("changed")})
+                SELECT changed.*, (SELECT wardrobe_version FROM bumped) AS bumped_to FROM changed
                 """,
-                [*values, fields, item_id, user_id],
+                [*values, fields, item_id, user_id, user_id],
             )
             row = cur.fetchone()
             if row:
-                users.bump_version(cur, user_id)
+                users.noted_bumped(cur, user_id, row.pop("bumped_to"))
             return row
 
         return self._pool.run(update)
@@ -146,10 +150,18 @@ class Items:
             return False
 
         def delete(cur: Any) -> bool:
-            cur.execute("DELETE FROM items WHERE id = %s AND user_id = %s", (item_id, user_id))
-            if cur.rowcount:
-                users.bump_version(cur, user_id)
-            return bool(cur.rowcount)
+            cur.execute(
+                f"""
+                WITH gone AS (DELETE FROM items WHERE id = %s AND user_id = %s RETURNING id),
+                     bumped AS ({users.bump_version_when("gone")})
+                SELECT wardrobe_version AS bumped_to FROM bumped
+                """,
+                (item_id, user_id, user_id),
+            )
+            row = cur.fetchone()
+            if row:
+                users.noted_bumped(cur, user_id, row["bumped_to"])
+            return row is not None
 
         return self._pool.run(delete)
 
