@@ -64,6 +64,8 @@ class Variant:
     env: dict[str, str]
     base: str = ""
     child: Child | None = None
+    # The gunicorn settings file: the committed code's own when a variant runs it (its hooks match its modules).
+    conf: str = "conf/gunicorn.conf.py"
 
     def stop(self) -> None:
         if self.child is not None:
@@ -117,7 +119,7 @@ def start_api(variant: Variant, common: dict[str, str], data_root: Path, workers
         "GUNICORN_WORKERS": str(workers),
     }
     # Recycling is off so that a worker restart never lands inside one variant's window.
-    argv = gunicorn_argv("conf/gunicorn.conf.py", "--max-requests", "0")
+    argv = gunicorn_argv(variant.conf, "--max-requests", "0")
     variant.child = start_isolated(argv, env, data_root / "logs" / f"{variant.name}.log")
     variant.base = f"http://127.0.0.1:{port}"
     wait_http(variant.base + "/healthz", 30, variant.child)

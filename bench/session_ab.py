@@ -3,8 +3,9 @@ the working tree, in one run.
 
 Both variants are gunicorns of the API over one seeded database and one memcached (bench/ab.py starts them): "head"
 imports `wardrobe` from `git archive HEAD` unpacked in the data dir (read-only for the checkout), "tree" from the
-checkout. Rounds interleave them, each with a closed-loop window and a fixed-rate one. The mix follows
-bench/locustfile.py's weights per step: item views 12, next pages 6, filters 5, brand prefixes 3, capsules 3, item
+checkout. Rounds interleave them, each with a closed-loop window and a fixed-rate one. The mix is the load test's
+returning users (bench/locustfile.py's MiniAppUser, without its brand autocomplete and without onboarding users), by
+their weights per step: item views 12, next pages 6, filters 5, brand prefixes 3, capsules 3, item
 edits 2, profile edits 1, /me 1; without uploads and capsule requests (their cost is the workers') and without
 /images/ (nginx serves them in production). `python -m bench.session_ab` writes bench/results/session.json and .md.
 """
@@ -184,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         stack.callback(memcached.stop)
         head = head_tree(data_root)
         variants = [
-            Variant("head", {"PYTHONPATH": f"{head / 'src'}:{head}"}),
+            Variant(
+                "head", {"PYTHONPATH": f"{head / 'src'}:{head}"}, conf=str(head / "conf" / "gunicorn.conf.py")
+            ),
             Variant("tree", {"WARDROBE_VERSION_CACHE_TTL": "0"}),  # the default: the version from Postgres
             Variant("tree-mc-version", {"WARDROBE_VERSION_CACHE_TTL": "300"}),
         ]
