@@ -2,8 +2,10 @@
 a step fails; then the same for a minimal Falcon + gevent + psycopg2 app and for the floor (a constant answer).
 
 - The API is conf/gunicorn.conf.py with one gevent worker (GUNICORN_WORKERS defaults to one per core), the load
-  test's session mix without uploads (API boxes run no cutouts); capsule requests stay, answered by the ai worker
-  on core 0. Its own memcached, the OpenAI fake and Locust start as children of this driver, which pins itself to
+  test's session mix without cutouts (API boxes in the fleet don't run them): returning users upload nothing, the
+  onboarding users (--onboarding-share) upload as in the load test and their uploads are accepted (202), but no
+  images worker runs, so their jobs stay queued and each is polled until the user gives up (a wait, not an error);
+  capsule requests stay, answered by the ai worker on core 0. Its own memcached, the OpenAI fake and Locust start as children of this driver, which pins itself to
   core 0 first, so they run there too; the machine's Postgres and Redis are pinned to core 0 for the run and given
   back their affinity afterwards.
 - The minimal app (bench/minimal_app.py) reads one user's row per request; the floor (bench/floorapp.py) answers a
@@ -217,7 +219,12 @@ def serve_api(options: run.Options, log_dir: Path) -> Iterator[Served]:
                 "--bot-token",
                 settings.bot_token,
                 "--upload-every",
-                "inf",  # no uploads: their cutouts are the worker boxes' work
+                "inf",  # returning users upload nothing: cutouts are the worker boxes' work
+                # Onboarding users do: the API accepts their uploads; with no images worker their jobs stay queued.
+                "--onboarding-share",
+                str(options.onboarding_share),
+                "--photos-per-visit",
+                options.photos_per_visit,
                 "--capsule-every",
                 str(options.capsule_every),
             ],
@@ -577,7 +584,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 LABELS = {
-    "api": "Wardrobe API (session mix, no uploads)",
+    "api": "Wardrobe API (session mix, no cutouts)",
     "minimal": "minimal Falcon + gevent + psycopg2 app (one row)",
     "floor": "floor (constant answer)",
 }
@@ -586,8 +593,9 @@ NOTES = [
     "from the passing steps): the users one core would carry at 100 % busy with nothing else on it. Not "
     "latency-tested.",
     "CPU per request is the pinned server's CPU (master and worker, /proc utime + stime) over the window, divided "
-    "by the HTTP requests answered in it. The API's requests include /images/ (nginx serves those in production) "
-    "and the capsule job polls.",
+    "by the HTTP requests answered in it. The API's requests include /images/ (nginx serves those in production), "
+    "the capsule job polls and the onboarding users' uploads and upload job polls (their cutouts stay queued: no "
+    "images worker runs, so they poll until --job-timeout or the step's end and count as waits, not errors).",
     "The reference apps' users make one request per think time; the mix's users make several per action (open "
     "the app, thumbnails), so at equal users the API answers more requests: compare CPU per request, and users "
     "per core only within a target.",
@@ -611,6 +619,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "bench-api")
     parser.add_argument("--results-dir", type=Path, default=run.RESULTS)
     parser.add_argument("--population", type=int, default=20_000)
+    parser.add_argument(
+        "--onboarding-share",
+        type=run.share,
+        default=0.01,
+        help="fraction of the users that are onboarding users, uploading --photos-per-visit photos a visit "
+        "(rounded up; 0: none)",
+    )
+    parser.add_argument(
+        "--photos-per-visit", type=run.photo_range, default="10-20", help="N or N-M photos a visit"
+    )
     parser.add_argument("--name", help="results file name (default api-<stamp>)")
     parser.add_argument(
         "--quiet-wait",
@@ -626,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         results_dir=args.results_dir,
         population=args.population,
         quiet_wait=args.quiet_wait,
+        onboarding_share=args.onboarding_share,
+        photos_per_visit=args.photos_per_visit,
     )
     name = args.name or f"api-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}"
     # Locust holds a socket per user; the servers are this process's children and inherit the limit.
@@ -671,7 +691,15 @@ def main(argv: list[str] | None = None) -> int:
             "api_workers": 1,
             "worker_connections": WORKER_CONNECTIONS,
             "population": options.population,
-            "uploads": "none (--upload-every inf)",
+            "uploads": (
+                f"onboarding users only ({options.onboarding_share:g} of the users, rounded up; "
+                f"{options.photos_per_visit} photos a visit, each visit a new account); returning users none "
+                "(--upload-every inf); no images worker, so the uploads' jobs stay queued"
+                if options.onboarding_share > 0
+                else "none (--upload-every inf, --onboarding-share 0)"
+            ),
+            "onboarding_share": options.onboarding_share,
+            "photos_per_visit": options.photos_per_visit,
             "capsule_every_s": options.capsule_every,
             "database": options.database,
         },

@@ -37,6 +37,9 @@ TAIL_SECONDS = 10
 SETTLE_SECONDS = 5
 # Locust's own start (imports, the photo set) before its first request; only used to time the cache scrape.
 STARTUP_SECONDS = 3
+# The ids bench/seed.py treats as the seeded population's, from USER_BASE on; onboarding accounts start above them
+# (bench/locustfile.py's SEEDED_ID_SPAN: this module cannot import the locustfile, Locust monkey-patches on import).
+SEEDED_ID_SPAN = 100_000_000
 
 
 @dataclasses.dataclass
@@ -48,6 +51,8 @@ class Options:
     items_per_user: int = 40
     upload_every: float = 600.0
     capsule_every: float = 900.0
+    onboarding_share: float = 0.01  # of the users: new accounts uploading photos_per_visit photos a visit
+    photos_per_visit: str = "10-20"
     processes: int = 0  # 0: decide from the user count
     api_workers: int = 2
     images_nice: int | None = None  # None: SCHED_IDLE, as make run starts it
@@ -69,6 +74,26 @@ def _terminate_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def onboarding_users(users: int, share: float) -> int:
+    """How many of `users` bench/locustfile.py makes onboarding users (its class_weights: rounded up)."""
+    return min(users, math.ceil(share * users - 1e-9)) if share > 0 else 0
+
+
+def forget_onboarding_accounts(dsn: str, population: int, user_base: int = seed.USER_BASE) -> int:
+    """Onboarding users sign up as new accounts above the seeded ids (bench/locustfile.py, onboarding_floor), which
+    the seed leaves alone: what earlier runs created goes, above all cutouts still queued, which the next run's
+    images worker would take first. Returns the accounts deleted (their items, jobs and capsules go with them)."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM users WHERE id >= %s", (user_base + max(population, SEEDED_ID_SPAN),))
+            return cur.rowcount
+    finally:
+        conn.close()
 
 
 def prepare_database(options: Options) -> dict[str, Any]:
@@ -93,6 +118,9 @@ def prepare_database(options: Options) -> dict[str, Any]:
         check=True,
         capture_output=True,
     )
+    forgotten = forget_onboarding_accounts(options.dsn, options.population)
+    if forgotten:
+        print(f"==> deleted {forgotten} onboarding accounts of earlier runs", file=sys.stderr)
     return seed.seed(
         options.dsn,
         options.data_dir / "images",
@@ -177,6 +205,10 @@ def measure(
         str(options.upload_every),
         "--capsule-every",
         str(options.capsule_every),
+        "--onboarding-share",
+        str(options.onboarding_share),
+        "--photos-per-visit",
+        options.photos_per_visit,
         "--samples-dir",
         str(samples_dir),
     ]
@@ -230,6 +262,9 @@ def measure(
             "population": options.population,
             "items_per_user": options.items_per_user,
             "upload_every_s": options.upload_every,
+            "onboarding_share": options.onboarding_share,
+            "onboarding_users": onboarding_users(users, options.onboarding_share),
+            "photos_per_visit": options.photos_per_visit,
             "capsule_every_s": options.capsule_every,
             "api_workers": options.api_workers if target == "wardrobe" else "4 x 8 threads",
             "images_worker_priority": (
@@ -253,8 +288,11 @@ def measure(
         "machine_busy_before": busy_before,
         "notes": [
             "Latency is measured by Locust on the same machine (loopback), from request start to last byte.",
-            "upload→ready and capsule→ready are polled once a second, as the Mini App does: they are 0-1 s "
-            "coarse; the jobs-table rows are exact.",
+            "upload→ready and capsule→ready are polled as the Mini App polls (after 0.6 s, then 1.3x longer each "
+            "time up to 2.5 s, or later when the job says so): they are up to 2.5 s coarse; the jobs-table rows are "
+            "exact.",
+            "Uploads come from returning users (one per upload_every_s each) and from the onboarding users "
+            "(photos_per_visit a visit, each visit a new account): uploads_per_s counts both.",
             "/images/ is served by the API here; production puts nginx's cache in front of it.",
         ],
     }
@@ -549,6 +587,8 @@ def _options(args: argparse.Namespace) -> Options:
         items_per_user=args.items_per_user,
         upload_every=args.upload_every,
         capsule_every=args.capsule_every,
+        onboarding_share=args.onboarding_share,
+        photos_per_visit=args.photos_per_visit,
         processes=args.processes,
         api_workers=args.api_workers,
         images_nice=args.images_nice,
@@ -559,6 +599,24 @@ def _options(args: argparse.Namespace) -> Options:
         ramp=args.ramp,
         quiet_wait=args.quiet_wait,
     )
+
+
+def share(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{raw} is not a fraction from 0 to 1")
+    return value
+
+
+def photo_range(raw: str) -> str:
+    low, _, high = raw.partition("-")
+    try:
+        ok = 1 <= int(low) <= int(high or low)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not N or N-M with 1 <= N <= M")
+    return raw
 
 
 def _int_list(raw: str) -> list[int]:
@@ -583,6 +641,19 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--items-per-user", type=int, default=40)
         p.add_argument("--upload-every", type=float, default=600.0, help="mean s between one user's uploads")
         p.add_argument("--capsule-every", type=float, default=900.0, help="mean s between capsule requests")
+        p.add_argument(
+            "--onboarding-share",
+            type=share,
+            default=0.01,
+            help="fraction of the users that are onboarding users, each visit a new account uploading "
+            "--photos-per-visit photos (rounded up; 0: none)",
+        )
+        p.add_argument(
+            "--photos-per-visit",
+            type=photo_range,
+            default="10-20",
+            help="photos an onboarding user uploads in a visit: N or N-M",
+        )
         p.add_argument("--processes", type=int, default=0, help="Locust processes (0: by user count)")
         p.add_argument("--api-workers", type=int, default=2, help="gunicorn workers of the Wardrobe API")
         p.add_argument(
