@@ -1,7 +1,9 @@
 """`make capacity USERS=1000,10000,100000`: fleet size and monthly cost from the latest measurements.
 
-Inputs: users per box (latest sweep, else the latest passing load run), images/s per worker box (latest
-bench-jobs), the measured upload and capsule rates per user, prices and model parameters in bench/prices.toml.
+Inputs: users per box (latest sweep, else the latest passing load run) for the one box that runs everything, users
+per API core (latest clean bench-api run whose API passed a step) for API boxes beyond it, images/s per worker box
+(latest bench-jobs), the measured upload and capsule rates per user, prices and model parameters in
+bench/prices.toml. Without a usable bench-api run, API boxes beyond one are sized by users per box, as before.
 Printed as Markdown next to the original plan's estimate and written to bench/results/capacity.md.
 """
 
@@ -18,6 +20,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PRICES = ROOT / "bench" / "prices.toml"
+# bench/api_capacity.py marks a run CONTAMINATED when work it did not start took more than this share of the machine
+# in any step: its users per core then says more about the neighbours than about the API.
+CONTAMINATED_SHARE = 0.1
 
 
 def results_of(results: Path, kinds: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
@@ -39,6 +44,61 @@ def latest(results: Path, kinds: tuple[str, ...], accept=lambda r: True) -> dict
         (data.get("started_at", ""), name, data) for name, data in results_of(results, kinds) if accept(data)
     ]
     return max(found)[2] if found else None
+
+
+def contaminated(run: dict[str, Any]) -> bool:
+    """Whether the bench-api run is marked CONTAMINATED (any step of any target, as its own report does)."""
+    shares = (
+        s.get("other_work_share") or 0
+        for target in (run.get("targets") or {}).values()
+        for s in target.get("steps", [])
+    )
+    return max(shares, default=0) > CONTAMINATED_SHARE
+
+
+def why_unusable(run: dict[str, Any]) -> str | None:
+    """Why a bench-api run cannot size API boxes, or None when it can."""
+    if not run.get("users_per_api_core"):
+        return "the API passed no step"
+    if contaminated(run):
+        return "contaminated"
+    return None
+
+
+def passed_over(results: Path, since: str | None) -> list[tuple[str, str]]:
+    """The bench-api runs newer than `since` (every one when None) that cannot size API boxes: (name, why)."""
+    found = sorted(
+        (r.get("started_at", ""), r.get("name", name.removesuffix(".json")), why)
+        for name, r in results_of(results, ("api_capacity",))
+        if (why := why_unusable(r)) and (since is None or r.get("started_at", "") > since)
+    )
+    return [(name, why) for _, name, why in found]
+
+
+def api_core(results: Path) -> dict[str, Any]:
+    """Users per API core from the newest usable bench-api run, its CPU per request at that step, the run itself,
+    and the newer runs passed over."""
+    run = latest(results, ("api_capacity",), lambda r: why_unusable(r) is None)
+    if run is None:
+        return {
+            "users_per_api_core": None,
+            "api_cpu_ms_per_request": None,
+            "api_run": None,
+            "api_skipped": passed_over(results, None),
+        }
+    users = run["users_per_api_core"]
+    steps = (run.get("targets") or {}).get("api", {}).get("steps", [])
+    at = next((s for s in steps if s["users"] == users), {})
+    return {
+        "users_per_api_core": users,
+        "api_cpu_ms_per_request": at.get("api_cpu_ms_per_request"),
+        "api_run": {
+            "name": run["name"],
+            "started_at": run.get("started_at"),
+            "machine": run.get("machine", {}),
+        },
+        "api_skipped": passed_over(results, run.get("started_at", "")),
+    }
 
 
 def measurements(results: Path) -> dict[str, Any]:
@@ -73,13 +133,33 @@ def measurements(results: Path) -> dict[str, Any]:
         "rates_source": load["name"] if load else None,
         "images_per_s_measured_box": (jobs or {}).get("images_per_s_per_box"),
         "jobs_source": jobs["name"] if jobs else None,
+        **api_core(results),
     }
+
+
+# What sized a row's API boxes, as its table cell says.
+SHARED = "one box for all"
+PER_API_CORE = "users per API core"
+PER_BOX = "users per box, fallback"
+NOT_MEASURED = "not measured"
+
+
+def api_boxes_for(users: int, m: dict[str, Any], model: dict[str, Any]) -> tuple[int | None, str]:
+    """API boxes for `users` and the figure that sized them: the one box that runs everything while the users fit
+    on it; beyond it, boxes that run only the API, at users per API core when measured, else at users per box."""
+    shared = m["users_per_box"] * model["target_utilisation"]
+    if shared and users <= shared:
+        return 1, SHARED
+    per_core = m.get("users_per_api_core")
+    per_box = per_core * model["api_box_cpus"] * model["target_utilisation"] if per_core else shared
+    if not per_box:
+        return None, NOT_MEASURED
+    return math.ceil(users / per_box), PER_API_CORE if per_core else PER_BOX
 
 
 def fleet(users: int, m: dict[str, Any], prices: dict[str, Any]) -> dict[str, Any]:
     p, model = prices["prices"], prices["model"]
-    per_box = m["users_per_box"] * model["target_utilisation"]
-    api_boxes = math.ceil(users / per_box) if per_box else None
+    api_boxes, sized_by = api_boxes_for(users, m, model)
     uploads = m["uploads_per_user_hour"] or model["default_uploads_per_user_hour"]
     capsules = m["capsules_per_user_hour"] or model["default_capsules_per_user_hour"]
     images_needed = users * uploads / 3600 * model["peak_factor"]
@@ -102,7 +182,7 @@ def fleet(users: int, m: dict[str, Any], prices: dict[str, Any]) -> dict[str, An
         per_worker_box = (
             m["images_per_s_measured_box"] * model["worker_box_cpus"] / model["measured_box_cpus"]
         )
-    single = api_boxes == 1
+    single = sized_by == SHARED
     if api_boxes is None:
         return {
             "users": users,
@@ -119,9 +199,9 @@ def fleet(users: int, m: dict[str, Any], prices: dict[str, Any]) -> dict[str, An
         worker_boxes = math.ceil(images_needed / (per_worker_box * model["target_utilisation"]))
     else:
         worker_boxes = None
-    redis = 0 if single else 3  # a Sentinel trio once there is more than one box
+    redis = 0 if single else 3  # a Sentinel trio once the fleet outgrows the one box
     postgres = 0 if single else (1 if api_boxes <= 20 else 2)  # a replica for reads beyond 20 API boxes
-    balancers = 0 if single else (1 if api_boxes <= 10 else 2)
+    balancers = 0 if api_boxes == 1 else (1 if api_boxes <= 10 else 2)
     cost = (
         api_boxes * p["box_2cpu"]
         + (worker_boxes or 0) * p["worker_box"]
@@ -132,6 +212,7 @@ def fleet(users: int, m: dict[str, Any], prices: dict[str, Any]) -> dict[str, An
     return {
         "users": users,
         "api_boxes": api_boxes,
+        "api_boxes_sized_by": sized_by,
         "worker_boxes": worker_boxes,
         "redis_boxes": redis,
         "postgres_boxes": postgres,
@@ -164,6 +245,7 @@ def original(users: int, prices: dict[str, Any]) -> dict[str, Any]:
 def table(users_list: list[int], m: dict[str, Any], prices: dict[str, Any]) -> str:
     measured = m["measured"] or {}
     machine = measured.get("machine", {})
+    model = prices["model"]
     lines = [
         "# Capacity and cost",
         "",
@@ -173,11 +255,13 @@ def table(users_list: list[int], m: dict[str, Any], prices: dict[str, Any]) -> s
         f"({m['jobs_source'] or 'run `make bench-jobs`'}); uploads per user-hour: "
         f"{_num(m['uploads_per_user_hour'])}, capsules per user-hour: {_num(m['capsules_per_user_hour'])} "
         f"({m['rates_source'] or 'defaults'}). Prices and parameters: bench/prices.toml "
-        f"(utilisation target {prices['model']['target_utilisation']:.0%}, peak factor "
-        f"{prices['model']['peak_factor']}).",
+        f"(utilisation target {model['target_utilisation']:.0%}, peak factor "
+        f"{model['peak_factor']}).",
         "",
-        "| users | API boxes (2 CPU) | worker boxes (4 CPU) | Redis | Postgres | LB | OpenAI RPM / TPM (keys) "
-        "| $/month | original plan: backends + LB + Redis | original $/month | cost ratio |",
+        api_sizing(m, model),
+        "",
+        f"| users | API boxes ({model['api_box_cpus']} CPU) | worker boxes (4 CPU) | Redis | Postgres | LB "
+        "| OpenAI RPM / TPM (keys) | $/month | original plan: backends + LB + Redis | original $/month | cost ratio |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for users in users_list:
@@ -192,8 +276,8 @@ def table(users_list: list[int], m: dict[str, Any], prices: dict[str, Any]) -> s
             continue
         ratio = theirs["monthly_usd"] / ours["monthly_usd"] if ours["monthly_usd"] else None
         lines.append(
-            f"| {users:,} | {ours['api_boxes']} | {_num(ours['worker_boxes'])} | {ours['redis_boxes']} "
-            f"| {ours['postgres_boxes']} | {ours['load_balancers']} | {ours['openai_rpm']:,} / "
+            f"| {users:,} | {ours['api_boxes']} ({ours['api_boxes_sized_by']}) | {_num(ours['worker_boxes'])} "
+            f"| {ours['redis_boxes']} | {ours['postgres_boxes']} | {ours['load_balancers']} | {ours['openai_rpm']:,} / "
             f"{ours['openai_tpm']:,} ({ours['openai_keys']}) "
             f"| {ours['monthly_usd']:,} | {theirs['backends']} (own rule {theirs['backends_by_own_rule']}) + "
             f"{theirs['load_balancers']} + {theirs['redis_boxes']} | {theirs['monthly_usd']:,} "
@@ -201,10 +285,12 @@ def table(users_list: list[int], m: dict[str, Any], prices: dict[str, Any]) -> s
         )
     lines += [
         "",
-        "One box runs everything (API, workers, Postgres, Redis, memcached), as measured, unless the latest load "
-        "test's upload→ready missed its target on the shared box: then the images queue gets a worker box even "
-        "beside a single API box. Beyond one box, workers, "
-        "Redis (Sentinel trio) and Postgres get their own boxes; memcached stays on the API boxes. The original plan's "
+        "One box runs everything (API, workers, Postgres, Redis, memcached), as measured, while the users fit on it at "
+        "the utilisation target, unless the latest load test's upload→ready missed its target on the shared box: then "
+        "the images queue gets a worker box even beside a single API box. Beyond one box, workers, Redis (Sentinel "
+        "trio) and Postgres get their own boxes and the API boxes run the API alone, so they are sized by users per "
+        "API core (`make bench-api`) when a usable run exists; memcached and nginx stay on the API boxes, inside the "
+        "utilisation headroom. The original plan's "
         "backends scale linearly from its own 1,000-user estimate (15 backends + LB + 3 Redis); its Redis stays at "
         "three and it gets one balancer per 50 backends, both in its favour. OpenAI usage is billed per "
         "token and is the same for both; only the rate budgets are shown: keys are counted by requests and by tokens "
@@ -212,6 +298,43 @@ def table(users_list: list[int], m: dict[str, Any], prices: dict[str, Any]) -> s
         "and tokens bind first.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def api_sizing(m: dict[str, Any], model: dict[str, Any]) -> str:
+    """The sentence saying which figure sizes API boxes beyond the one shared box, and from which run."""
+    util, cpus = model["target_utilisation"], model["api_box_cpus"]
+    skipped = "; ".join(f"{name}: {why}" for name, why in m.get("api_skipped") or [])
+    passed_over = f" (passed over: {skipped})" if skipped else ""
+    run = m.get("api_run")
+    if run is None:
+        return (
+            f"API boxes beyond one: **fallback to users per box**, no usable `make bench-api` result{passed_over}; "
+            f"each API box is planned at {m['users_per_box']} x {util:.0%} = {m['users_per_box'] * util:g} users, "
+            "the figure of a box that also runs the workers, Postgres and Redis."
+        )
+    per_core, cpu, machine = m["users_per_api_core"], m.get("api_cpu_ms_per_request"), run["machine"]
+    return (
+        f"API boxes beyond one: **{per_core} users per API core** ({run['name']}, {run.get('started_at', '?')}, on "
+        f"{describe(machine)}; {_num(cpu)} ms of API CPU per request at that step){passed_over}: each "
+        f"{cpus}-CPU API box is planned at {per_core} x {cpus} x {util:.0%} = {per_core * cpus * util:g} users."
+        f"{other_host(machine, (m['measured'] or {}).get('machine', {}))}"
+    )
+
+
+def other_host(api_machine: dict[str, Any], box_machine: dict[str, Any]) -> str:
+    """A warning when users per API core and users per box were measured on different CPUs, else nothing."""
+    if not box_machine or api_machine.get("cpu") == box_machine.get("cpu"):
+        return ""
+    return (
+        f" That run's machine is not the one that measured users per box ({box_machine.get('cpu', '?')}): the two "
+        "figures come from different hosts."
+    )
+
+
+def describe(machine: dict[str, Any]) -> str:
+    avx = machine.get("avx512")
+    extra = "" if avx is None else f", AVX-512 {'yes' if avx else 'no'}"
+    return f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores{extra}"
 
 
 def _num(value: Any) -> str:
