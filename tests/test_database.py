@@ -3,6 +3,7 @@ migrations build the schema from an empty database."""
 
 import contextlib
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -179,5 +180,31 @@ def test_a_transaction_costs_one_round_trip_more_than_its_statements_and_a_read_
         with pytest.raises(psycopg2.errors.DivisionByZero):
             pool.run(lambda cur: cur.execute("INSERT INTO counted VALUES (1 / 0)"))
         assert pool.run(read) == 5
+    finally:
+        pool.close()
+
+
+def test_connections_beyond_the_pool_size_are_kept_while_busy_and_closed_once_idle_a_while():
+    pool = Pool(TEST_DSN, size=1, overflow=2, overflow_idle_seconds=0.3)
+
+    def backend(cur):
+        cur.execute("SELECT pg_backend_pid() AS pid")
+        return cur.fetchone()["pid"]
+
+    def three_at_once() -> set[int]:
+        with pool.connection() as a, pool.connection() as b, pool.connection() as c:
+            return {backend_of(conn) for conn in (a, b, c)}
+
+    def backend_of(conn) -> int:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            return cur.fetchone()[0]
+
+    try:
+        first = three_at_once()
+        assert three_at_once() == first  # a burst right after another reuses its connections: no new backends
+        time.sleep(0.4)
+        pool.run(backend, transaction=False)  # the next release closes the overflow idle past its time
+        assert len(three_at_once() & first) == 1  # only the pool's own connection survived
     finally:
         pool.close()

@@ -113,6 +113,7 @@ class Pool:
         connect: Callable[..., Any] = psycopg2.connect,
         observer: Any = None,
         pooler: str = "none",
+        overflow_idle_seconds: float = 30.0,
     ) -> None:
         if pooler not in POOLERS:
             raise ValueError(f"pooler must be one of {', '.join(POOLERS)}, not {pooler!r}")
@@ -146,7 +147,12 @@ class Pool:
         self._application_name = application_name
         self._connect = connect
         self._observer = observer
-        self._idle: deque[Any] = deque()
+        # (when it came back, connection), the most recent on the right. Connections beyond `size` stay idle for
+        # `overflow_idle_seconds` before they are closed: closing each as it came back made a busy worker open and
+        # close a Postgres backend (a fork, and the login on both sides) for nearly every query once more than
+        # `size` were in use (2,578 sessions in one 2-minute bench-api run).
+        self._idle: deque[tuple[float, Any]] = deque()
+        self._overflow_idle = overflow_idle_seconds
         # Chosen at construction, after gevent has patched the API workers. Under gevent the pool is shared by
         # greenlets of one thread, and the sections under `_lock` never yield, so they need no lock; the slots are
         # gevent's own semaphore (in C) rather than threading's, which gevent's patch leaves pure Python over a
@@ -222,7 +228,7 @@ class Pool:
             raise PoolTimeout(f"no database connection free within {self._acquire_timeout:g}s")
         try:
             with self._lock:
-                conn = self._idle.pop() if self._idle else None
+                conn = self._idle.pop()[1] if self._idle else None
             if conn is None or conn.closed:
                 conn = self._open()
         except BaseException:
@@ -239,12 +245,16 @@ class Pool:
             healthy = not broken and not conn.closed
             if healthy:
                 _end_transaction(conn)
+            now = time.monotonic()
+            expired = [] if healthy else [conn]
             with self._lock:
-                keep = healthy and len(self._idle) < self._size
-                if keep:
-                    self._idle.append(conn)
-            if not keep:
-                conn.close()
+                if healthy:
+                    self._idle.append((now, conn))
+                # The least recently used go first: the busy ones are taken from the other end.
+                while len(self._idle) > self._size and now - self._idle[0][0] > self._overflow_idle:
+                    expired.append(self._idle.popleft()[1])
+            for old in expired:
+                old.close()
         except psycopg2.Error:
             conn.close()
         finally:
@@ -254,7 +264,7 @@ class Pool:
         """Close every idle connection: after one broke, its siblings are suspect too."""
         with self._lock:
             idle, self._idle = list(self._idle), deque()
-        for conn in idle:
+        for _, conn in idle:
             with contextlib.suppress(psycopg2.Error):
                 conn.close()
 
