@@ -38,7 +38,7 @@ from typing import Any
 
 import psutil
 
-from bench import report, run
+from bench import mix, report, run
 from bench.ab import stopped_on_signals
 from bench.procfs import postgres_backends_cpu
 from bench.sampling import ProcessSampler
@@ -621,13 +621,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--population", type=int, default=20_000)
     parser.add_argument(
         "--onboarding-share",
-        type=run.share,
+        type=mix.share,
         default=0.01,
         help="fraction of the users that are onboarding users, uploading --photos-per-visit photos a visit "
         "(rounded up; 0: none)",
     )
     parser.add_argument(
-        "--photos-per-visit", type=run.photo_range, default="10-20", help="N or N-M photos a visit"
+        "--photos-per-visit", type=run.photos_per_visit, default="10-20", help="N or N-M photos a visit"
     )
     parser.add_argument("--name", help="results file name (default api-<stamp>)")
     parser.add_argument(

@@ -16,11 +16,9 @@ capsule→ready as the user waits for them, polled as the Mini App's `waitJob` p
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import json
-import math
 import os
 import random
 import time
@@ -31,6 +29,7 @@ from gevent.pool import Group
 from locust import FastHttpUser, between, events, task
 from PIL import Image, ImageDraw
 
+from bench.mix import onboarding_floor, onboarding_users, photo_range, share
 from bench.seed import USER_BASE, photo
 from wardrobe.web.auth import sign_init_data
 
@@ -64,7 +63,6 @@ EDITS_PER_VISIT = (2, 4)  # new items an onboarding user sets the brand of
 # user_base + 10^8): a user there would make the next run reseed), unique across runs (the run's start, in tenths
 # of a second since 2025, taken when Locust imports this file: before it forks its --processes workers) and across
 # the Locust processes of a run (the worker index); within a process, one id per visit.
-SEEDED_ID_SPAN = 100_000_000
 VISIT_BITS = 20  # visits per process and run
 PROCESS_BITS = 6  # Locust processes per run
 RUN_EPOCH = 1_735_689_600  # 2025-01-01 UTC
@@ -78,25 +76,6 @@ _sessions = itertools.count()
 _visits = itertools.count()
 
 
-def share(raw: str) -> float:
-    value = float(raw)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{raw} is not a fraction from 0 to 1")
-    return value
-
-
-def photo_range(raw: str) -> tuple[int, int]:
-    """'10-20' (or '15'): how many photos an onboarding user uploads in a visit, drawn uniformly."""
-    low, _, high = raw.partition("-")
-    try:
-        bounds = (int(low), int(high or low))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not N or N-M") from None
-    if not 1 <= bounds[0] <= bounds[1]:
-        raise argparse.ArgumentTypeError(f"{raw!r}: need 1 <= N <= M")
-    return bounds
-
-
 def class_weights(onboarding_share: float, users: int | None) -> tuple[int, int]:
     """(returning, onboarding) Locust weights. With the user count known, the onboarding count itself: Locust's
     dispatcher gives exactly weight-many users of each class once the weights' sum is spawned, in one process or
@@ -104,14 +83,10 @@ def class_weights(onboarding_share: float, users: int | None) -> tuple[int, int]
     if onboarding_share <= 0:
         return 1, 0
     if users and users > 0:
-        onboarding = min(users, math.ceil(onboarding_share * users - 1e-9))
+        onboarding = onboarding_users(users, onboarding_share)
         return users - onboarding, onboarding
     per_mille = min(1000, max(1, round(onboarding_share * 1000)))  # the web UI picks the users later
     return 1000 - per_mille, per_mille
-
-
-def onboarding_floor(user_base: int, population: int) -> int:
-    return user_base + max(population, SEEDED_ID_SPAN)
 
 
 def onboarding_id(floor: int, run_token: int, process: int, visit: int) -> int:

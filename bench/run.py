@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report, seed
+from bench import mix, report, seed
 from bench.sampling import ProcessSampler, QueueSampler, scrape_cache_counts
 from bench.stack import STACKS, Stack, StackSettings
 from harness.processes import BIN, ROOT, Child
@@ -37,9 +37,6 @@ TAIL_SECONDS = 10
 SETTLE_SECONDS = 5
 # Locust's own start (imports, the photo set) before its first request; only used to time the cache scrape.
 STARTUP_SECONDS = 3
-# The ids bench/seed.py treats as the seeded population's, from USER_BASE on; onboarding accounts start above them
-# (bench/locustfile.py's SEEDED_ID_SPAN: this module cannot import the locustfile, Locust monkey-patches on import).
-SEEDED_ID_SPAN = 100_000_000
 
 
 @dataclasses.dataclass
@@ -76,11 +73,6 @@ def _terminate_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def onboarding_users(users: int, share: float) -> int:
-    """How many of `users` bench/locustfile.py makes onboarding users (its class_weights: rounded up)."""
-    return min(users, math.ceil(share * users - 1e-9)) if share > 0 else 0
-
-
 def forget_onboarding_accounts(dsn: str, population: int, user_base: int = seed.USER_BASE) -> int:
     """Onboarding users sign up as new accounts above the seeded ids (bench/locustfile.py, onboarding_floor), which
     the seed leaves alone: what earlier runs created goes, above all cutouts still queued, which the next run's
@@ -90,7 +82,7 @@ def forget_onboarding_accounts(dsn: str, population: int, user_base: int = seed.
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("DELETE FROM users WHERE id >= %s", (user_base + max(population, SEEDED_ID_SPAN),))
+            cur.execute("DELETE FROM users WHERE id >= %s", (mix.onboarding_floor(user_base, population),))
             return cur.rowcount
     finally:
         conn.close()
@@ -263,7 +255,7 @@ def measure(
             "items_per_user": options.items_per_user,
             "upload_every_s": options.upload_every,
             "onboarding_share": options.onboarding_share,
-            "onboarding_users": onboarding_users(users, options.onboarding_share),
+            "onboarding_users": mix.onboarding_users(users, options.onboarding_share),
             "photos_per_visit": options.photos_per_visit,
             "capsule_every_s": options.capsule_every,
             "api_workers": options.api_workers if target == "wardrobe" else "4 x 8 threads",
@@ -601,21 +593,9 @@ def _options(args: argparse.Namespace) -> Options:
     )
 
 
-def share(raw: str) -> float:
-    value = float(raw)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{raw} is not a fraction from 0 to 1")
-    return value
-
-
-def photo_range(raw: str) -> str:
-    low, _, high = raw.partition("-")
-    try:
-        ok = 1 <= int(low) <= int(high or low)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not N or N-M with 1 <= N <= M")
+def photos_per_visit(raw: str) -> str:
+    """--photos-per-visit, checked here and passed on to Locust as written."""
+    mix.photo_range(raw)
     return raw
 
 
@@ -643,14 +623,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--capsule-every", type=float, default=900.0, help="mean s between capsule requests")
         p.add_argument(
             "--onboarding-share",
-            type=share,
+            type=mix.share,
             default=0.01,
             help="fraction of the users that are onboarding users, each visit a new account uploading "
             "--photos-per-visit photos (rounded up; 0: none)",
         )
         p.add_argument(
             "--photos-per-visit",
-            type=photo_range,
+            type=photos_per_visit,
             default="10-20",
             help="photos an onboarding user uploads in a visit: N or N-M",
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import report, run
+from bench import mix, report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -182,7 +182,7 @@ def test_onboarding_ids_are_new_across_visits_processes_and_runs(probe):
     assert len(set(ids)) == len(ids)
     # Above what bench/seed.py counts as the seeded population (a user there makes the next run reseed) and
     # above what run.py deletes before a run.
-    assert min(ids) >= probe["floor"] >= probe["user_base"] + run.SEEDED_ID_SPAN
+    assert min(ids) >= probe["floor"] >= probe["user_base"] + mix.SEEDED_ID_SPAN
     assert max(ids) < 2**63 and probe["late_id"] < 2**63  # a century on, still a signed 64-bit Telegram id
     assert probe["refused"] == [[-1, 0], [64, 0], [0, 2**20]]  # out of range is refused, never wrapped
     later = _probe()  # another Locust run starts: another run token, so none of its ids were used before
@@ -203,7 +203,7 @@ def test_the_onboarding_share_rounds_up(probe):
     for key, (returning, onboarding) in weights.items():
         share, users = key.split("/")
         if users != "None":
-            expected = run.onboarding_users(int(users), float(share))  # what run.py records in the params
+            expected = mix.onboarding_users(int(users), float(share))  # what run.py records in the params
             assert (
                 onboarding == expected == (math.ceil(float(share) * int(users) - 1e-9) if float(share) else 0)
             )
@@ -214,7 +214,7 @@ def test_the_onboarding_share_rounds_up(probe):
 def test_locust_dispatches_exactly_the_share_in_one_process_and_across_workers(probe):
     for key, result in probe["dispatch"].items():
         share, users, _workers = key.split("/")
-        onboarding = run.onboarding_users(int(users), float(share))
+        onboarding = mix.onboarding_users(int(users), float(share))
         assert result["counts"].get("OnboardingUser", 0) == onboarding, key
         assert result["counts"].get("MiniAppUser", 0) == int(users) - onboarding, key
         if onboarding == 0:

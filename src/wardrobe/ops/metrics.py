@@ -200,8 +200,9 @@ class LiveGauges:
         self._sources: dict[Any, list[Callable[[], float]]] = {}
 
     def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
-        self._sources.setdefault(gauge, []).append(read)
-        gauge.set(read())
+        reads = self._sources.setdefault(gauge, [])
+        reads.append(read)
+        gauge.set(sum(r() for r in reads))
 
     def refresh(self) -> None:
         for gauge, reads in list(self._sources.items()):

@@ -64,9 +64,8 @@ def snapshot_settings(cfg: Any) -> None:
     """
     for name, setting in cfg.settings.items():
         if not isinstance(getattr(type(cfg), name, None), property):
-            vars(cfg)[name] = (
-                setting.get()
-            )  # Config.__setattr__ refuses setting names, vars() does not ask it
+            # Config.__setattr__ refuses setting names; the instance's dict does not ask it.
+            vars(cfg)[name] = setting.get()
 
 
 def freeze_startup_heap() -> None:

@@ -127,10 +127,10 @@ class Pool:
         # each unit of work, reads included, is a transaction that sets its own with SET LOCAL, in the same round
         # trip as its BEGIN and its first statement (PostgreSQL applies a SET LOCAL to the statements after it in
         # the same message): a read costs one round trip more (its COMMIT) to a pooler on the Postgres host, a
-        # transaction nothing more. Role-level settings (ALTER ROLE ... SET statement_timeout) would cost nothing, but they would live
-        # in the database instead of the app's settings, bind migrations and psql too, and could not differ per
-        # process (API, workers) or per call (the backlog's tighter bound); the server-wide statement_timeout of the
-        # postgres role stays the backstop for anything that bypasses the pool.
+        # transaction nothing more. Role-level settings (ALTER ROLE ... SET statement_timeout) would cost nothing,
+        # but they would live in the database instead of the app's settings, bind migrations and psql too, and
+        # could not differ per process (API, workers) or per call (the backlog's tighter bound); the server-wide
+        # statement_timeout of the postgres role stays the backstop for anything that bypasses the pool.
         self._per_transaction = pooler == "transaction"
         self._options = (
             f"-c statement_timeout={int(statement_timeout_ms)} "

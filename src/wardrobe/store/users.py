@@ -17,14 +17,16 @@ if TYPE_CHECKING:
 
 _PROFILE_FIELDS = ("style", "sizes", "favourite_colors", "gender")
 T = TypeVar("T")
+# The one statement that raises a user's version; `{also}` narrows it further (bump_version_when).
+_BUMP = (
+    "UPDATE users SET wardrobe_version = wardrobe_version + 1 WHERE id = %s{also} RETURNING wardrobe_version"
+)
+_BUMP_ONE = _BUMP.format(also="")
 
 
 def bump_version(cur: Any, user_id: int) -> int:
     """Called inside every transaction that changes what a user sees; the new version keys their caches."""
-    cur.execute(
-        "UPDATE users SET wardrobe_version = wardrobe_version + 1 WHERE id = %s RETURNING wardrobe_version",
-        (user_id,),
-    )
+    cur.execute(_BUMP_ONE, (user_id,))
     row = cur.fetchone()
     if row is None:
         return 0
@@ -36,10 +38,7 @@ def bump_version_when(changed: str) -> str:
     """`bump_version` as a data-modifying CTE, for a write that is one statement with its bump (one round trip
     instead of two): it raises the version when the CTE named `changed` returned rows, and returns it as
     `wardrobe_version`. Its one parameter is the user's id; pass what it returns to `noted_bumped`."""
-    return (
-        "UPDATE users SET wardrobe_version = wardrobe_version + 1 "
-        f"WHERE id = %s AND EXISTS (SELECT 1 FROM {changed}) RETURNING wardrobe_version"
-    )
+    return _BUMP.format(also=f" AND EXISTS (SELECT 1 FROM {changed})")
 
 
 def noted_bumped(cur: Any, user_id: int, version: int) -> None:

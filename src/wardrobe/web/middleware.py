@@ -27,9 +27,8 @@ class RequestId:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
         incoming = req.get_header("X-Request-ID") or ""
-        req.context.request_id = (
-            incoming if REQUEST_ID_RE.fullmatch(incoming) else os.urandom(16).hex()
-        )  # uuid4's randomness, not its object
+        # A new one has uuid4's randomness without building a UUID object.
+        req.context.request_id = incoming if REQUEST_ID_RE.fullmatch(incoming) else os.urandom(16).hex()
         req.context.user = None
         resp.set_header("X-Request-ID", req.context.request_id)
 
